@@ -1,0 +1,216 @@
+"""Configs: ml_collections `.py` files, command-line overrides, validation, freezing.
+
+A config file defines `get_config(arg: str | None = None) -> ConfigDict`, usually starting from
+`base_config()` so every key exists with its type. On the command line:
+
+  gift train --config=configs/test_tiny.py[:arg] --config.train.lr=3e-4 --config.model.dtype=float32
+
+Overrides are parsed as Python literals and must match the existing key's type (an int is
+accepted for a float). An unknown key or a wrong type fails with one line naming the key and the
+closest valid keys. The result is locked: no key can be added afterwards.
+"""
+from __future__ import annotations
+
+import ast
+import difflib
+import importlib.util
+import os
+from typing import Any, Iterable
+
+import ml_collections
+
+from gift.model import presets
+
+ConfigDict = ml_collections.ConfigDict
+
+
+class ConfigError(ValueError):
+  """A config file, key or value is wrong; the message says which and what was expected."""
+
+
+def base_config() -> ConfigDict:
+  """Every key gift reads, with its default and type."""
+  c = ConfigDict()
+  c.model = ConfigDict(dict(preset="test_tiny", **presets.get_preset("test_tiny").to_dict()))
+  c.tokenizer = ""  # path to a SentencePiece .model; "" = byte-level vocab of the model's size
+  c.init_from = ""  # gift checkpoint dir (e.g. from `gift import-hf`) to fine-tune from
+  c.seed = 0
+
+  c.mesh = ConfigDict(dict(data=1, fsdp=-1, tensor=1))
+  c.distributed = ConfigDict(dict(
+      initialize="auto",  # "auto" (TPU pods / SLURM / env vars), "yes" or "no"
+      coordinator_address="", num_processes=0, process_id=-1,
+      local_device_ids="",  # e.g. "0,1,2,3" for one process per GPU group
+      cpu_collectives="gloo"))
+
+  c.data = ConfigDict(dict(
+      source="tfds",  # "tfds" (GIFT records dir) or "jsonl" ({"prompt", "completion"} lines)
+      path="",  # TFDS dataset dir, or a .jsonl file (glob allowed)
+      train_split="train", eval_split="validation",
+      spec_kind="mixture",  # none | typedesc | io_examples | io_summary | mixture
+      spec_mixture=ConfigDict(dict(none=0.25, typedesc=0.25, io_examples=0.25, io_summary=0.25)),
+      context="full",  # "full" notebook context or "none"
+      seq_len=512,
+      pack=True,
+      num_epochs=0,  # 0: repeat forever (steps set the length)
+      worker_count=0,  # grain worker processes; 0 = in-process (deterministic, simplest)
+  ))
+
+  c.train = ConfigDict(dict(
+      batch_size=8,  # global, in packed rows
+      grad_accum=1,  # microbatches per step (lax.scan); batch_size % grad_accum == 0
+      num_steps=100,
+      lr=3e-4, end_lr_ratio=0.1, warmup_steps=10, schedule="cosine",  # cosine | constant | linear
+      weight_decay=0.1, b1=0.9, b2=0.95, eps=1e-8, grad_clip=1.0,
+      log_every=10, eval_every=0, eval_steps=4,
+      progress=True,
+  ))
+  c.checkpoint = ConfigDict(dict(every=50, keep=3, async_save=True, save_on_preemption=True))
+
+  c.sample = ConfigDict(dict(
+      n=1, temperature=0.0, top_k=0, top_p=1.0, max_new_tokens=256,
+      stop=("# In[ ]:",), batch_size=8, prompt_buckets=(64, 128, 256, 512, 1024, 2048)))
+
+  c.execution = ConfigDict(dict(
+      python="",  # interpreter for the sandbox zygotes; "" = this one
+      num_workers=0,  # 0 = one per core
+      timeout_s=10.0, memory_mb=2048, output_limit_bytes=1 << 20))
+  return c
+
+
+def _load_file(spec: str) -> ConfigDict:
+  path, _, arg = spec.partition(":")
+  if not os.path.isfile(path):
+    raise ConfigError(f"config file {path!r} not found")
+  module_spec = importlib.util.spec_from_file_location(
+      "gift_config_" + os.path.basename(path).removesuffix(".py"), path)
+  module = importlib.util.module_from_spec(module_spec)
+  try:
+    module_spec.loader.exec_module(module)
+  except Exception as e:  # a broken config file: say which
+    raise ConfigError(f"config file {path!r} failed to load: {type(e).__name__}: {e}") from e
+  if not hasattr(module, "get_config"):
+    raise ConfigError(f"config file {path!r} defines no get_config(arg=None)")
+  cfg = module.get_config(arg or None) if arg else module.get_config()
+  if not isinstance(cfg, ConfigDict):
+    raise ConfigError(f"{path}: get_config() returned {type(cfg).__name__}, expected ConfigDict")
+  return cfg
+
+
+def _all_keys(cfg: ConfigDict, prefix: str = "") -> list[str]:
+  keys = []
+  for k, v in cfg.items():
+    keys.append(prefix + k)
+    if isinstance(v, ConfigDict):
+      keys += _all_keys(v, prefix + k + ".")
+  return keys
+
+
+def _unknown_key(cfg: ConfigDict, dotted: str) -> ConfigError:
+  close = difflib.get_close_matches(dotted, _all_keys(cfg), n=3, cutoff=0.5)
+  return ConfigError(f"unknown config key {dotted!r}; closest valid keys: "
+                     f"{', '.join(close) if close else '(none)'}")
+
+
+def _parse_value(text: str) -> Any:
+  try:
+    return ast.literal_eval(text)
+  except (ValueError, SyntaxError):
+    return text  # a bare word is a string
+
+
+def set_value(cfg: ConfigDict, dotted: str, value: Any) -> None:
+  """Sets `cfg.<dotted> = value`, checking that the key exists and the type matches."""
+  *parents, leaf = dotted.split(".")
+  node = cfg
+  for i, p in enumerate(parents):
+    if p not in node or not isinstance(node[p], ConfigDict):
+      raise _unknown_key(cfg, ".".join(parents[:i + 1]))
+    node = node[p]
+  if leaf not in node:
+    raise _unknown_key(cfg, dotted)
+  old = node[leaf]
+  if isinstance(old, ConfigDict):
+    raise ConfigError(f"config key {dotted!r} is a section; set one of its fields, e.g. "
+                      f"{dotted}.{next(iter(old.keys()), '...')}")
+  if isinstance(old, bool):
+    if isinstance(value, str) and value.lower() in ("true", "false"):
+      value = value.lower() == "true"
+    ok = isinstance(value, bool)
+  elif isinstance(old, float):
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    value = float(value) if ok else value
+  elif isinstance(old, int):
+    ok = isinstance(value, int) and not isinstance(value, bool)
+  elif isinstance(old, tuple):
+    value = tuple(value) if isinstance(value, (list, tuple)) else (value,)
+    ok = True
+  elif isinstance(old, str):
+    ok = isinstance(value, str)
+    if not ok and isinstance(value, (int, float)):  # e.g. --config.tokenizer=123 means "123"
+      value, ok = str(value), True
+  else:
+    ok = old is None or isinstance(value, type(old))
+  if not ok:
+    raise ConfigError(f"config key {dotted!r} expects {type(old).__name__} (now {old!r}), "
+                      f"got {type(value).__name__} {value!r}")
+  with node.unlocked():
+    node[leaf] = value
+
+
+def apply_overrides(cfg: ConfigDict, overrides: Iterable[tuple[str, Any]]) -> ConfigDict:
+  for key, value in overrides:
+    set_value(cfg, key, value)
+  return cfg
+
+
+def parse_args(argv: list[str], default: str | None = None) -> tuple[ConfigDict, list[str]]:
+  """Splits `--config=FILE[:arg]` and `--config.a.b=v` out of argv.
+
+  Returns the validated, locked config and the remaining arguments. `default` is the config file
+  used when argv names none (None: `base_config()`).
+  """
+  spec, overrides, rest = default, [], []
+  it = iter(argv)
+  for a in it:
+    if a == "--config" or a.startswith("--config="):
+      spec = a.split("=", 1)[1] if "=" in a else next(it, "")
+    elif a.startswith("--config."):
+      key, eq, val = a[len("--config."):].partition("=")
+      if not eq:
+        val = next(it, None)
+        if val is None:
+          raise ConfigError(f"--config.{key} needs a value")
+      overrides.append((key, _parse_value(val)))
+    else:
+      rest.append(a)
+  cfg = _load_file(spec) if spec else base_config()
+  return finalize(apply_overrides(cfg, overrides)), rest
+
+
+def finalize(cfg: ConfigDict) -> ConfigDict:
+  """Validates cross-field rules and locks the config."""
+  preset = cfg.get("model", {}).get("preset") if "model" in cfg else None
+  if preset is not None:
+    presets.ModelConfig.from_dict(cfg.model)  # unknown model keys fail here
+  if "train" in cfg and cfg.train.batch_size % cfg.train.grad_accum:
+    raise ConfigError(f"train.batch_size={cfg.train.batch_size} is not divisible by "
+                      f"train.grad_accum={cfg.train.grad_accum}")
+  if "data" in cfg and cfg.data.spec_kind not in (
+      "none", "typedesc", "io_examples", "io_summary", "mixture"):
+    raise ConfigError(f"data.spec_kind={cfg.data.spec_kind!r}; expected one of none, typedesc, "
+                      "io_examples, io_summary, mixture")
+  cfg.lock()
+  return cfg
+
+
+def with_preset(cfg: ConfigDict, name: str, **overrides: Any) -> ConfigDict:
+  """Sets cfg.model to the named preset (plus overrides); used by config files."""
+  shape = presets.get_preset(name, **overrides).to_dict()
+  with cfg.unlocked():
+    cfg.model = ConfigDict(dict(preset=name, **shape))
+  return cfg
+
+
+def model_config(cfg: ConfigDict) -> presets.ModelConfig:
+  return presets.ModelConfig.from_dict(cfg.model)

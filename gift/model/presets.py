@@ -1,0 +1,111 @@
+"""Model shapes: the `ModelConfig` dataclass and named presets.
+
+Only shapes and numerics live here; weights come from training or `gift import-hf`.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+  """Decoder-only transformer shape and numerics.
+
+  Attributes:
+    vocab_size: rows of the embedding table (V).
+    num_layers: transformer blocks (L).
+    d_model: residual width (D).
+    num_heads: query heads (N).
+    num_kv_heads: key/value heads (K); N % K == 0. K == 1 is MQA, K == N is MHA.
+    head_dim: per-head width (H), independent of D.
+    mlp_dim: hidden width of the gated MLP (F).
+    mlp_activation: "silu" (SwiGLU, Llama) or "gelu_tanh" (GeGLU, Gemma).
+    tie_embeddings: unembed with the transposed embedding table.
+    embed_scale: multiply embeddings by sqrt(D) (Gemma).
+    norm_plus_one: RMSNorm scales by (1 + w) with w initialised to 0 (Gemma) instead of w.
+    norm_eps: RMSNorm epsilon.
+    rope_theta: RoPE base.
+    max_seq_len: longest sequence (KV cache size default; not a parameter shape).
+    dtype: compute dtype ("bfloat16" on accelerators, "float32" for tests/parity).
+    param_dtype: parameter (master weight) dtype.
+    remat_policy: "none" | "full" | "dots_saveable" | "dots_with_no_batch_dims_saveable" |
+      "nothing_saveable" (jax.checkpoint_policies names) for the scanned block.
+    scan_layers: scan over stacked layer weights (fixed checkpoint layout: leading L axis).
+  """
+
+  vocab_size: int = 256
+  num_layers: int = 2
+  d_model: int = 64
+  num_heads: int = 4
+  num_kv_heads: int = 2
+  head_dim: int = 16
+  mlp_dim: int = 128
+  mlp_activation: str = "silu"
+  tie_embeddings: bool = False
+  embed_scale: bool = False
+  norm_plus_one: bool = False
+  norm_eps: float = 1e-6
+  rope_theta: float = 10000.0
+  max_seq_len: int = 2048
+  dtype: str = "float32"
+  param_dtype: str = "float32"
+  remat_policy: str = "none"
+  scan_layers: bool = True
+
+  def replace(self, **kw: Any) -> "ModelConfig":
+    return dataclasses.replace(self, **kw)
+
+  def to_dict(self) -> dict[str, Any]:
+    return dataclasses.asdict(self)
+
+  @classmethod
+  def from_dict(cls, d: Any) -> "ModelConfig":
+    """From a dict or ConfigDict; unknown keys are an error naming them."""
+    d = dict(d)
+    d.pop("preset", None)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - names)
+    if unknown:
+      raise ValueError(f"unknown model config keys {unknown}; valid keys: {sorted(names)}")
+    return cls(**d)
+
+
+_LLAMA = dict(mlp_activation="silu", tie_embeddings=False, embed_scale=False,
+              norm_plus_one=False, norm_eps=1e-5, rope_theta=10000.0)
+_GEMMA = dict(mlp_activation="gelu_tanh", tie_embeddings=True, embed_scale=True,
+              norm_plus_one=True, norm_eps=1e-6, rope_theta=10000.0)
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "test_tiny": dict(vocab_size=256, num_layers=2, d_model=64, num_heads=4, num_kv_heads=2,
+                      head_dim=16, mlp_dim=128, max_seq_len=256, **_LLAMA),
+    "quickstart": dict(vocab_size=4096, num_layers=4, d_model=256, num_heads=4, num_kv_heads=4,
+                       head_dim=64, mlp_dim=704, max_seq_len=1024, **_LLAMA),
+    "gemma_2b": dict(vocab_size=256000, num_layers=18, d_model=2048, num_heads=8, num_kv_heads=1,
+                     head_dim=256, mlp_dim=16384, max_seq_len=8192, **_GEMMA),
+    "gemma_7b": dict(vocab_size=256000, num_layers=28, d_model=3072, num_heads=16,
+                     num_kv_heads=16, head_dim=256, mlp_dim=24576, max_seq_len=8192, **_GEMMA),
+    "llama_7b": dict(vocab_size=32000, num_layers=32, d_model=4096, num_heads=32, num_kv_heads=32,
+                     head_dim=128, mlp_dim=11008, max_seq_len=4096, **_LLAMA),
+    # The paper's code LLM is PaLM-62B shaped: multi-query attention, SwiGLU with 4*D hidden,
+    # embeddings shared with the unembedding, no embedding scale.
+    "paper_62b": dict(vocab_size=256000, num_layers=64, d_model=8192, num_heads=32,
+                      num_kv_heads=1, head_dim=256, mlp_dim=32768, max_seq_len=2048,
+                      **{**_LLAMA, "tie_embeddings": True}),
+}
+PRESETS["codegemma_2b"] = dict(PRESETS["gemma_2b"])
+PRESETS["codegemma_7b"] = dict(PRESETS["gemma_7b"])
+PRESETS["codellama_7b"] = dict(PRESETS["llama_7b"], vocab_size=32016, rope_theta=1_000_000.0,
+                               max_seq_len=16384)
+# ~1B Llama-style shape for accelerator MFU benchmarks.
+PRESETS["llama_1b"] = dict(vocab_size=32000, num_layers=16, d_model=2048, num_heads=16,
+                           num_kv_heads=16, head_dim=128, mlp_dim=5632, max_seq_len=2048, **_LLAMA)
+
+
+def get_preset(name: str, **overrides: Any) -> ModelConfig:
+  """Returns the named preset's `ModelConfig`, with field overrides."""
+  if name not in PRESETS:
+    import difflib
+    close = difflib.get_close_matches(name, PRESETS, n=3)
+    raise ValueError(f"unknown model preset {name!r}; closest: {close or sorted(PRESETS)}")
+  return ModelConfig(**{**PRESETS[name], **overrides})

@@ -1,0 +1,43 @@
+"""gift: grounded instruction fine-tuning of code LLMs in JAX/Flax."""
+from setuptools import find_packages, setup
+
+setup(
+    name="gift",
+    version="0.1.0",
+    description="Grounded instruction fine-tuning (GIFT4Code) of code LLMs in JAX/Flax",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.11",
+    packages=find_packages(include=["gift", "gift.*"]),
+    package_data={"gift": ["execution/*.py", "synth/data/*"]},
+    install_requires=[
+        "jax>=0.7.0",
+        "flax>=0.11.0",
+        "optax>=0.2.4",
+        "orbax-checkpoint>=0.11.0",
+        "sentencepiece>=0.2.0",
+        "tensorflow-datasets>=4.9.7",
+        "array_record>=0.7.0",
+        "importlib_resources>=6.0",
+        "grain>=0.2.10",
+        "pandas>=2.2",
+        "numpy>=1.26",
+        "ml_collections>=1.0.0",
+        "absl-py>=2.1",
+        "tqdm>=4.66",
+        "tensorboardX>=2.6",
+        "safetensors>=0.4.5",
+        "nbformat>=5.10",
+        "matplotlib>=3.8",
+        "pyseccomp>=0.1.2",
+    ],
+    extras_require={
+        "test": [
+            "pytest>=8.0",
+            "torch==2.13.0",
+            "transformers>=4.50",
+            "ruff>=0.6",
+        ],
+    },
+    entry_points={"console_scripts": ["gift=gift.cli:main"]},
+)
