@@ -77,7 +77,7 @@ _GEMMA = dict(mlp_activation="gelu_tanh", tie_embeddings=True, embed_scale=True,
               norm_plus_one=True, norm_eps=1e-6, rope_theta=10000.0)
 
 PRESETS: dict[str, dict[str, Any]] = {
-    "test_tiny": dict(vocab_size=256, num_layers=2, d_model=64, num_heads=4, num_kv_heads=2,
+    "test_tiny": dict(vocab_size=512, num_layers=2, d_model=64, num_heads=4, num_kv_heads=2,
                       head_dim=16, mlp_dim=128, max_seq_len=256, **_LLAMA),
     "quickstart": dict(vocab_size=4096, num_layers=4, d_model=256, num_heads=4, num_kv_heads=4,
                        head_dim=64, mlp_dim=704, max_seq_len=1024, **_LLAMA),
