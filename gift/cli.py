@@ -10,13 +10,13 @@ import sys
 
 COMMANDS: dict[str, tuple[str, str]] = {
     # name: (module:function, one-line help)
-    "quickstart": ("gift.quickstart:main", "the whole GIFT loop end to end on CPU (data, train, eval, report)"),
+    "quickstart": ("gift.quickstart:main", "the whole GIFT loop on CPU: data, train, eval, report"),
     "plan": ("gift.plan:main", "parameter count, FLOPs/token and memory per device of a config"),
     "tokenizer": ("gift.tokenizer:main", "train a code-friendly SentencePiece model"),
-    "build-data": ("gift.synth.build:main", "build GIFT records: contexts -> intents -> executed samples -> specs"),
+    "build-data": ("gift.synth.build:main", "build GIFT records from executed samples"),
     "train": ("gift.train:main", "train or fine-tune a model from a config"),
     "sample": ("gift.sample:main", "sample completions from a checkpoint"),
-    "eval": ("gift.eval.cli:main", "execution-based evaluation (DS-1000, ARCADE-style notebooks)"),
+    "eval": ("gift.eval.cli:main", "execution-based evaluation (DS-1000, ARCADE-style)"),
     "exec": ("gift.execution.cli:main", "run untrusted code in the sandbox, print the verdict as JSON"),
     "runtime": ("gift.execution.runtime:main", "create a pinned evaluation runtime (virtualenv)"),
     "import-hf": ("gift.hf:import_main", "convert a Hugging Face Llama/Gemma checkpoint to gift"),
