@@ -17,7 +17,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("gift.train:main", "train or fine-tune a model from a config"),
     "sample": ("gift.sample:main", "sample completions from a checkpoint"),
     "eval": ("gift.eval.cli:main", "execution-based evaluation (DS-1000, ARCADE-style)"),
-    "exec": ("gift.execution.cli:main", "run untrusted code in the sandbox, print the verdict as JSON"),
+    "exec": ("gift.execution.cli:main", "run untrusted code in the sandbox, print a JSON verdict"),
     "runtime": ("gift.execution.runtime:main", "create a pinned evaluation runtime (virtualenv)"),
     "import-hf": ("gift.hf:import_main", "convert a Hugging Face Llama/Gemma checkpoint to gift"),
     "export-hf": ("gift.hf:export_main", "convert a gift checkpoint to Hugging Face format"),

@@ -3,7 +3,8 @@ import pytest
 from gift.data import prompts
 
 REC = {"id": "r1",
-       "context": prompts.code_cell("import pandas as pd\ndf = pd.DataFrame({'a': [1]})") + prompts.code_cell("df.head()", "   a\n0  1"),
+       "context": prompts.code_cell("import pandas as pd\ndf = pd.DataFrame({'a': [1]})")
+       + prompts.code_cell("df.head()", "   a\n0  1"),
        "intent": "Sum column a.", "code": "result = df['a'].sum()",
        "spec_typedesc": "df: DataFrame(1x1; a:int64)\nresult: int", "spec_io_examples": "",
        "spec_io_summary": "The output is an integer."}
