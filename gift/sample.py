@@ -1,0 +1,312 @@
+"""KV-cache sampler: batched prefill in prompt-length buckets, the decode loop compiled whole.
+
+  sampler = Sampler.from_checkpoint("ckpt")            # or Sampler(model_cfg, params, tokenizer)
+  sampler.generate(["def f(x):"], n=4, temperature=0.8, top_p=0.95, stop=("# In[ ]:",))
+  -> [["\n  return x", ...]]                           # per prompt, n completions
+
+How a batch runs: rows (prompt x sample) are sorted by prompt length and cut into batches of
+`batch_size`; each batch is left-padded to the smallest length bucket that fits (so prompts
+of different lengths share one compiled prefill and every row writes its cache at the same
+slot), prefilled in one call, then decoded by one jitted `lax.while_loop` that samples a token
+per step and exits as soon as every row has emitted EOS. Stop strings are text, not tokens
+(one string has many tokenizations), so they are matched on the host: with stop strings the
+loop runs in chunks of `stop_check_every` tokens and rows whose decoded text contains a stop
+string are marked finished between chunks; without them it runs once to the end.
+
+Randomness: row r (= prompt_index * n + sample_index) at step t uses
+fold_in(fold_in(key(seed), r), t), so a completion depends on the seed, its prompt and its
+sample index only, not on batch composition or batch size.
+"""
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import sys
+import time
+from typing import Any, NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from gift.model import transformer
+from gift.model.presets import ModelConfig
+
+Array = jax.Array
+DEFAULT_BUCKETS = (64, 128, 256, 512, 1024, 2048)
+
+
+class DecodeState(NamedTuple):
+  """The decode loop's carry. B rows, M = max_new_tokens."""
+  cache: transformer.KVCache
+  tokens_bm: Array  # int32 [B, M] generated ids, pad after a row finishes
+  last_b: Array  # int32 [B] last sampled token (next input)
+  position_b: Array  # int32 [B] RoPE position of `last_b`
+  done_b: Array  # bool [B] row finished (EOS, stop string)
+  step: Array  # int32 scalar: tokens generated so far (columns of tokens_bm filled)
+  keys_b: Array  # [B] per-row PRNG keys
+
+
+def sample_logits(logits_bv: Array, keys_b: Array, step: Array, temperature: Array,
+                  top_p: Array, top_k: int, greedy: bool) -> Array:
+  """Samples one token per row from float32 logits [B, V]; returns int32 [B].
+
+  `greedy` (static) takes the argmax. Otherwise logits are divided by `temperature` (> 0);
+  `top_k` (static) 0 keeps the whole vocabulary, else the k most likely ids; top-p (nucleus)
+  then keeps the smallest prefix of those (sorted by probability) whose mass reaches `top_p`
+  (always at least one id). With top_k == 0 and top_p < 1 the caller passes top_k = V, so the
+  nucleus is taken over a full sort.
+  """
+  if greedy:
+    return jnp.argmax(logits_bv, axis=-1).astype(jnp.int32)
+  scaled_bv = logits_bv / temperature
+  if top_k:
+    scaled_bk, ids_bk = jax.lax.top_k(scaled_bv, top_k)
+    probs_bk = jax.nn.softmax(scaled_bk, axis=-1)
+    mass_before_bk = jnp.cumsum(probs_bk, axis=-1) - probs_bk  # sorted: descending
+    scaled_bk = jnp.where(mass_before_bk < top_p, scaled_bk, -jnp.inf)
+  else:
+    scaled_bk, ids_bk = scaled_bv, None
+  keys_b = jax.vmap(jax.random.fold_in, (0, None))(keys_b, step)
+  choice_b = jax.vmap(jax.random.categorical)(keys_b, scaled_bk).astype(jnp.int32)
+  if ids_bk is not None:
+    choice_b = jnp.take_along_axis(ids_bk, choice_b[:, None], axis=1)[:, 0]
+  return choice_b
+
+
+def _prefill(cfg: ModelConfig, params: Any, tokens_bp: Array, segment_ids_bp: Array,
+             keys_b: Array, temperature: Array, top_p: Array, *, max_new_tokens: int,
+             top_k: int, greedy: bool, eos_id: int, pad_id: int) -> DecodeState:
+  """Runs the left-padded prompts [B, P] through the model and samples the first token."""
+  b, p = tokens_bp.shape
+  positions_bp = jnp.maximum(jnp.cumsum(segment_ids_bp, axis=1) - 1, 0).astype(jnp.int32)
+  cache = transformer.init_cache(cfg, b, p + max_new_tokens)
+  logits_bpv, cache = transformer.apply(cfg, params, tokens_bp, positions_bp, segment_ids_bp,
+                                        cache)
+  first_b = sample_logits(logits_bpv[:, -1], keys_b, jnp.int32(0), temperature, top_p, top_k,
+                            greedy)
+  tokens_bm = jnp.full((b, max_new_tokens), pad_id, jnp.int32).at[:, 0].set(first_b)
+  return DecodeState(cache, tokens_bm, first_b, positions_bp[:, -1] + 1, first_b == eos_id,
+                     jnp.int32(1), keys_b)
+
+
+def _decode(cfg: ModelConfig, params: Any, state: DecodeState, end_step: Array,
+            temperature: Array, top_p: Array, *, top_k: int, greedy: bool, eos_id: int,
+            pad_id: int) -> DecodeState:
+  """Decodes until step == end_step or every row is done; one compiled while loop."""
+
+  def cond(s: DecodeState) -> Array:
+    return (s.step < end_step) & ~jnp.all(s.done_b)
+
+  def body(s: DecodeState) -> DecodeState:
+    ones_b1 = jnp.ones_like(s.last_b)[:, None]
+    logits_b1v, cache = transformer.apply(cfg, params, s.last_b[:, None], s.position_b[:, None],
+                                          ones_b1, s.cache)
+    token_b = sample_logits(logits_b1v[:, 0], s.keys_b, s.step, temperature, top_p, top_k,
+                            greedy)
+    token_b = jnp.where(s.done_b, pad_id, token_b)
+    tokens_bm = jax.lax.dynamic_update_slice(s.tokens_bm, token_b[:, None], (0, s.step))
+    return DecodeState(cache, tokens_bm, token_b, s.position_b + 1,
+                       s.done_b | (token_b == eos_id), s.step + 1, s.keys_b)
+
+  return jax.lax.while_loop(cond, body, state)
+
+
+class Sampler:
+  """Samples completions from a gift model. See the module docstring.
+
+  Args:
+    model_cfg, params: the model (params: the pure dict, f32; cast to `model_cfg.dtype` once).
+    tokenizer: a `gift.tokenizer` Tokenizer (BOS is prepended to every prompt).
+    mesh: optional `jax.sharding.Mesh`; params are sharded with gift/sharding.py's rules and
+      rows over ("data", "fsdp"), as in training.
+    batch_size: rows per compiled batch (rounded up to the data-parallel size).
+    buckets: prompt lengths (tokens, BOS included) that batches are padded to; longer prompts
+      round up to a multiple of the largest bucket.
+    stop_check_every: decode tokens between host-side stop-string checks.
+  """
+
+  def __init__(self, model_cfg: ModelConfig, params: Any, tokenizer: Any, mesh: Any = None,
+               batch_size: int = 8, buckets: Sequence[int] = DEFAULT_BUCKETS,
+               stop_check_every: int = 32):
+    self.cfg, self.tokenizer, self.mesh = model_cfg, tokenizer, mesh
+    self.buckets = tuple(sorted(buckets))
+    self.stop_check_every = stop_check_every
+    dtype = jnp.dtype(model_cfg.dtype)
+    cast = jax.jit(lambda p: jax.tree.map(lambda x: x.astype(dtype), p))
+    if mesh is None:
+      self.row_sharding = None
+      self.params = cast(params)
+    else:
+      from gift import sharding
+      shardings = sharding.param_shardings(mesh, transformer.logical_axes(model_cfg))
+      self.row_sharding = sharding.batch_sharding(mesh)
+      self.params = jax.jit(cast, out_shardings=shardings)(params)
+      dp = mesh.shape.get("data", 1) * mesh.shape.get("fsdp", 1)
+      batch_size = -(-batch_size // dp) * dp
+    self.batch_size = batch_size
+    self._prefill = jax.jit(functools.partial(_prefill, model_cfg), static_argnames=(
+        "max_new_tokens", "top_k", "greedy", "eos_id", "pad_id"))
+    self._decode = jax.jit(functools.partial(_decode, model_cfg), donate_argnums=(1,),
+                           static_argnames=("top_k", "greedy", "eos_id", "pad_id"))
+
+  @classmethod
+  def from_checkpoint(cls, ckpt_dir: str, mesh: Any = None, step: int | None = None,
+                      **kw: Any) -> "Sampler":
+    from gift import checkpoint
+    from gift import tokenizer as tokenizer_lib
+    cfg, params, tok_path = checkpoint.load_model(ckpt_dir, step=step)
+    return cls(cfg, params, tokenizer_lib.load(tok_path, cfg.vocab_size), mesh=mesh, **kw)
+
+  def _bucket(self, length: int) -> int:
+    for b in self.buckets:
+      if length <= b:
+        return b
+    top = self.buckets[-1]
+    return -(-length // top) * top
+
+  def generate(self, prompts: Sequence[str], n: int = 1, temperature: float = 0.0,
+               top_k: int = 0, top_p: float = 1.0, max_new_tokens: int = 256,
+               stop: Sequence[str] = (), seed: int = 0) -> list[list[str]]:
+    """Per prompt, `n` completions (text after the prompt, cut before EOS / a stop string)."""
+    ids = [[self.tokenizer.bos_id] + self.tokenizer.encode(p) for p in prompts]
+    out = self.generate_ids(ids, n=n, temperature=temperature, top_k=top_k, top_p=top_p,
+                            max_new_tokens=max_new_tokens, stop=stop, seed=seed)
+    return [[_cut_at_stop(self.tokenizer.decode(c), stop) for c in row] for row in out]
+
+  def generate_ids(self, prompt_ids: Sequence[Sequence[int]], n: int = 1,
+                   temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
+                   max_new_tokens: int = 256, stop: Sequence[str] = (), seed: int = 0,
+                   stop_at_eos: bool = True) -> list[list[list[int]]]:
+    """Like `generate` on token ids (BOS not added): per prompt, n lists of new ids, cut
+    before EOS. A row stopped by a stop string keeps the ids through the chunk where the
+    string appeared (`generate` cuts the text). `stop_at_eos=False` always runs
+    `max_new_tokens` steps (benchmarks)."""
+    if max_new_tokens < 1:
+      raise ValueError(f"max_new_tokens={max_new_tokens}; expected >= 1")
+    if not 0.0 < top_p <= 1.0:
+      raise ValueError(f"top_p={top_p}; expected 0 < top_p <= 1")
+    if any(len(p) == 0 for p in prompt_ids):
+      raise ValueError("empty prompt: every prompt needs at least one token (e.g. BOS)")
+    vocab = self.cfg.vocab_size
+    # Static sampling mode: greedy, or the candidate set size (0 = whole vocabulary, no sort).
+    greedy = temperature <= 0
+    top_k = 0 if greedy else min(top_k, vocab) if top_k else (vocab if top_p < 1.0 else 0)
+    eos = self.tokenizer.eos_id if stop_at_eos else -1
+    pad = self.tokenizer.pad_id
+    rows = [(i, j) for i in range(len(prompt_ids)) for j in range(n)]
+    rows.sort(key=lambda r: len(prompt_ids[r[0]]))  # similar lengths share a bucket
+    base_key = jax.random.key(seed)
+    results: dict[tuple[int, int], list[int]] = {}
+    for start in range(0, len(rows), self.batch_size):
+      batch = rows[start:start + self.batch_size]
+      batch = batch + [batch[-1]] * (self.batch_size - len(batch))  # fixed shapes
+      prompts = [list(prompt_ids[i]) for i, _ in batch]
+      p = self._bucket(max(map(len, prompts)))
+      tokens_bp = np.full((len(batch), p), pad, np.int32)
+      segment_ids_bp = np.zeros((len(batch), p), np.int32)
+      for r, ids in enumerate(prompts):
+        tokens_bp[r, p - len(ids):] = ids
+        segment_ids_bp[r, p - len(ids):] = 1
+      keys_b = jax.vmap(jax.random.fold_in, (None, 0))(
+          base_key, jnp.asarray([i * n + j for i, j in batch], jnp.uint32))
+      new_bm = self._run(tokens_bp, segment_ids_bp, keys_b, temperature, top_p, max_new_tokens,
+                         stop, top_k=top_k, greedy=greedy, eos_id=eos, pad_id=pad)
+      for r, key in enumerate(batch[:len(rows[start:start + self.batch_size])]):
+        row = new_bm[r].tolist()
+        results[key] = row[:row.index(eos)] if eos in row else row
+    return [[results[(i, j)] for j in range(n)] for i in range(len(prompt_ids))]
+
+  def _run(self, tokens_bp: np.ndarray, segment_ids_bp: np.ndarray, keys_b: Array,
+           temperature: float, top_p: float, max_new_tokens: int, stop: Sequence[str],
+           **kw: Any) -> np.ndarray:
+    """Prefill + decode of one batch; returns the generated ids int32 [B, M] (pad-filled)."""
+    put = (lambda x: jax.device_put(x, self.row_sharding)) if self.row_sharding else jnp.asarray
+    temperature, top_p = jnp.float32(temperature), jnp.float32(top_p)
+    state = self._prefill(self.params, put(tokens_bp), put(segment_ids_bp), keys_b, temperature,
+                          top_p, max_new_tokens=max_new_tokens, **kw)
+    chunk = self.stop_check_every if stop else max_new_tokens
+    while True:
+      end = min(int(state.step) + chunk, max_new_tokens)
+      state = self._decode(self.params, state, jnp.int32(end), temperature, top_p, **kw)
+      step, done_b = int(state.step), np.asarray(state.done_b)
+      if step >= max_new_tokens or done_b.all():
+        return np.asarray(state.tokens_bm)
+      tokens_bm = np.asarray(state.tokens_bm)
+      hit_b = np.array([done or _has_stop(self.tokenizer.decode(row[:step]), stop)
+                        for done, row in zip(done_b, tokens_bm)])
+      if hit_b.all():
+        return tokens_bm
+      if (hit_b != done_b).any():
+        state = state._replace(done_b=put(hit_b) if self.row_sharding else jnp.asarray(hit_b))
+
+
+def _has_stop(text: str, stop: Sequence[str]) -> bool:
+  return any(s in text for s in stop)
+
+
+def _cut_at_stop(text: str, stop: Sequence[str]) -> str:
+  """Text before the earliest occurrence of any stop string."""
+  cut = min((i for i in (text.find(s) for s in stop if s) if i >= 0), default=len(text))
+  return text[:cut]
+
+
+# ----------------------------------------------------------------------------------------------
+# Command line.
+
+
+def _read_prompts(path: str) -> list[str]:
+  """A .jsonl file of {"prompt": ...} (or JSON strings) per line, else the file as one prompt."""
+  with open(path) as f:
+    text = f.read()
+  if not path.endswith(".jsonl"):
+    return [text]
+  prompts = []
+  for lineno, line in enumerate(text.splitlines(), 1):
+    if not line.strip():
+      continue
+    item = json.loads(line)
+    if isinstance(item, dict) and "prompt" not in item:
+      raise ValueError(f"{path}:{lineno}: expected a JSON string or an object with 'prompt'")
+    prompts.append(item["prompt"] if isinstance(item, dict) else str(item))
+  return prompts
+
+
+def main(argv: list[str]) -> int:
+  """`gift sample --checkpoint CKPT --prompt TEXT [--prompt_file F] [--n 20] ...`; prints one
+  JSON line per prompt: {"prompt_index", "prompt", "completions"}."""
+  from gift.config import base_config
+  d = base_config().sample
+  p = argparse.ArgumentParser(prog="gift sample", description=__doc__.splitlines()[0])
+  p.add_argument("--checkpoint", required=True, help="gift checkpoint dir")
+  p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
+  p.add_argument("--prompt", action="append", default=[], help="a prompt (repeatable)")
+  p.add_argument("--prompt_file", default=None,
+                 help='.jsonl of {"prompt": ...} lines, or a text file used as one prompt')
+  p.add_argument("--n", type=int, default=d.n, help="samples per prompt")
+  p.add_argument("--temperature", type=float, default=d.temperature, help="0 = greedy")
+  p.add_argument("--top_k", type=int, default=d.top_k, help="0 = no top-k cut")
+  p.add_argument("--top_p", type=float, default=d.top_p, help="1 = no nucleus cut")
+  p.add_argument("--max_new_tokens", type=int, default=d.max_new_tokens)
+  p.add_argument("--stop", action="append", default=None,
+                 help=f"stop string (repeatable; default {list(d.stop)}; --stop '' for none)")
+  p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--batch_size", type=int, default=d.batch_size, help="rows per batch")
+  args = p.parse_args(argv)
+  prompts = list(args.prompt) + (_read_prompts(args.prompt_file) if args.prompt_file else [])
+  if not prompts:
+    p.error("give at least one --prompt or a --prompt_file")
+  stop = tuple(s for s in (d.stop if args.stop is None else args.stop) if s)
+
+  sampler = Sampler.from_checkpoint(args.checkpoint, step=args.step, batch_size=args.batch_size,
+                                    buckets=d.prompt_buckets)
+  t0 = time.perf_counter()
+  out = sampler.generate(prompts, n=args.n, temperature=args.temperature, top_k=args.top_k,
+                         top_p=args.top_p, max_new_tokens=args.max_new_tokens, stop=stop,
+                         seed=args.seed)
+  for i, (prompt, completions) in enumerate(zip(prompts, out)):
+    print(json.dumps({"prompt_index": i, "prompt": prompt, "completions": completions}))
+  print(f"sampled {len(prompts)} prompts x {args.n} in {time.perf_counter() - t0:.1f}s",
+        file=sys.stderr)
+  return 0
