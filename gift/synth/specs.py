@@ -181,17 +181,14 @@ def render(value: Any, rows: int = 5, cols: int = 8, cell_chars: int = 24,
   columns (the rest elided), each cell's text cut at `cell_chars`; the whole cut at
   `max_chars`."""
   if isinstance(value, pd.DataFrame):
-    frame = value.iloc[:rows, :cols]
-    frame = frame.map(lambda v: _cell(v, cell_chars)) if frame.size else frame
-    frame.columns = [_cell(c, cell_chars) for c in frame.columns]
-    text = frame.to_string()
-    if value.shape[1] > cols:
-      text += f"\n[{value.shape[1] - cols} more columns]"
+    text = value.head(rows).to_string(max_cols=cols, max_colwidth=cell_chars)
     if len(value) > rows:
-      text += f"\n[{len(value)} rows total]"
+      text += f"\n[{len(value)} rows x {value.shape[1]} columns]"
   elif isinstance(value, (pd.Series, pd.Index)):
     series = value if isinstance(value, pd.Series) else pd.Series(value, name=value.name)
-    head = series.iloc[:rows].map(lambda v: _cell(v, cell_chars))
+    head = series.iloc[:rows]
+    if head.dtype == object or pd.api.types.is_string_dtype(head):
+      head = head.map(lambda v: v if v is None or v != v else _cell(v, cell_chars))
     text = head.to_string()
     if series.name is not None:
       text += f"\nName: {series.name}"

@@ -53,7 +53,7 @@ def test_typedesc_kinds(df, output, expected):
 def test_io_examples_are_bounded(df):
   text = specs.io_examples({"df": df}, df.head(2), rows=2, cell_chars=10)
   assert "Input df:" in text and "Output result:" in text
-  assert "a" * 11 not in text and "[4 rows total]" in text
+  assert "a" * 11 not in text and "[4 rows x 3 columns]" in text
   assert len(specs.io_examples({"df": df}, df, max_chars=120)) <= 120
 
 
