@@ -46,6 +46,7 @@ def base_config() -> ConfigDict:
   c.data = ConfigDict(dict(
       source="tfds",  # "tfds" (GIFT records dir) or "jsonl" ({"prompt", "completion"} lines)
       path="",  # TFDS dataset dir, or a .jsonl file (glob allowed)
+      eval_path="",  # jsonl source only: held-out .jsonl file(s); "" = no eval
       train_split="train", eval_split="validation",
       spec_kind="mixture",  # none | typedesc | io_examples | io_summary | mixture
       spec_mixture=ConfigDict(dict(none=0.25, typedesc=0.25, io_examples=0.25, io_summary=0.25)),
@@ -53,7 +54,7 @@ def base_config() -> ConfigDict:
       seq_len=512,
       pack=True,
       num_epochs=0,  # 0: repeat forever (steps set the length)
-      worker_count=0,  # grain worker processes; 0 = in-process (deterministic, simplest)
+      prefetch=2,  # batches built ahead in a background thread
   ))
 
   c.train = ConfigDict(dict(
