@@ -1,0 +1,174 @@
+"""Decoder building blocks: RMSNorm, RoPE, attention with GQA/MQA and a segment-aware causal mask,
+gated MLP.
+
+Each block is a pure function of its weights (so one scanned layer body can call them on a slice
+of the stacked weights) plus a small Flax NNX module that owns those weights with their logical
+axis names (`sharding_names` metadata, read by `gift/sharding.py`). Modules take a `stack` shape
+prefix: `stack=(L,)` gives every weight a leading `layers` axis.
+
+Einsum legend: B batch, T query time, S key time (cache slots), D d_model, N query heads,
+K key/value heads, G = N // K query heads per kv head, H head_dim, F mlp hidden, V vocab.
+"""
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+Array = jax.Array
+_MASKED = -0.7 * float(jnp.finfo(jnp.float32).max)  # finite: a fully masked row stays NaN-free
+
+
+def param(rngs: nnx.Rngs | None, shape: Sequence[int], axes: Sequence[str | None],
+          init: str | float, dtype=jnp.float32) -> nnx.Param:
+  """A parameter with logical axis names. `init`: "ones", "zeros" or a normal stddev."""
+  if init == "ones":
+    value = jnp.ones(shape, dtype)
+  elif init == "zeros":
+    value = jnp.zeros(shape, dtype)
+  else:
+    value = (init * jax.random.normal(rngs.params(), shape, jnp.float32)).astype(dtype)
+  # eager_sharding=False: shardings come from gift/sharding.py's rules, not from an ambient mesh.
+  return nnx.Param(value, sharding_names=tuple(axes), eager_sharding=False)
+
+
+# ------------------------------------------------------------------------------------------------
+# RMSNorm
+# ------------------------------------------------------------------------------------------------
+def rms_norm(x: Array, scale: Array, eps: float, plus_one: bool) -> Array:
+  """x [..., D] -> same shape and dtype; statistics and scaling in float32.
+
+  `plus_one`: Gemma stores w and scales by (1 + w); Llama stores and scales by w.
+  """
+  x32 = x.astype(jnp.float32)
+  y = x32 * jax.lax.rsqrt(jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + eps)
+  scale = scale.astype(jnp.float32)
+  return (y * (1.0 + scale if plus_one else scale)).astype(x.dtype)
+
+
+class RMSNorm(nnx.Module):
+  """Owns `scale` [*stack, D] (axes (layers?, norm)); init 1, or 0 with `plus_one`."""
+
+  def __init__(self, dim: int, *, eps: float, plus_one: bool, stack: tuple[int, ...] = (),
+               param_dtype=jnp.float32):
+    self.eps, self.plus_one = eps, plus_one
+    self.scale = param(None, (*stack, dim), ("layers",) * len(stack) + ("norm",),
+                       "zeros" if plus_one else "ones", param_dtype)
+
+  def __call__(self, x: Array) -> Array:
+    return rms_norm(x, self.scale[...], self.eps, self.plus_one)
+
+
+# ------------------------------------------------------------------------------------------------
+# RoPE (rotate-half layout, as Hugging Face Llama/Gemma)
+# ------------------------------------------------------------------------------------------------
+def rope_tables(positions_bt: Array, head_dim: int, theta: float) -> tuple[Array, Array]:
+  """Returns (sin, cos), each float32 [B, T, H/2]: angle_i = position * theta^(-2i/H)."""
+  inv_freq_h = theta ** (-jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim)
+  angle_bth = positions_bt.astype(jnp.float32)[..., None] * inv_freq_h
+  return jnp.sin(angle_bth), jnp.cos(angle_bth)
+
+
+def apply_rope(x_btnh: Array, sin_bth: Array, cos_bth: Array) -> Array:
+  """Rotates pairs (x_i, x_{i+H/2}) by angle_i: the first and second halves of each head."""
+  x1, x2 = jnp.split(x_btnh.astype(jnp.float32), 2, axis=-1)
+  sin, cos = sin_bth[:, :, None, :], cos_bth[:, :, None, :]
+  out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+  return out.astype(x_btnh.dtype)
+
+
+# ------------------------------------------------------------------------------------------------
+# Attention
+# ------------------------------------------------------------------------------------------------
+def attention_mask(q_segment_bt: Array, q_slot_bt: Array, kv_segment_bs: Array,
+                   kv_slot_s: Array) -> Array:
+  """bool [B, T, S]: query t may see key s iff same non-zero segment and slot_s <= slot_t.
+
+  Slots are the time order (0..T-1 without a cache, cache slots with one). Segment 0 is padding:
+  its rows see nothing (and produce a finite, ignored output; see `attend`).
+  """
+  same = q_segment_bt[:, :, None] == kv_segment_bs[:, None, :]
+  causal = kv_slot_s[None, None, :] <= q_slot_bt[:, :, None]
+  return same & causal & (q_segment_bt != 0)[:, :, None]
+
+
+def attend(q_btnh: Array, k_bskh: Array, v_bskh: Array, mask_bts: Array) -> Array:
+  """Scaled dot-product attention with GQA/MQA; scores and softmax in float32.
+
+  q [B,T,N,H] (already rotated), k/v [B,S,K,H], N % K == 0; query scale 1/sqrt(H).
+  Returns [B, T, N, H] in q's dtype.
+  """
+  b, t, n, h = q_btnh.shape
+  k = k_bskh.shape[2]
+  q_btkgh = (q_btnh * jnp.asarray(h ** -0.5, q_btnh.dtype)).reshape(b, t, k, n // k, h)
+  logits_bkgts = jnp.einsum("btkgh,bskh->bkgts", q_btkgh, k_bskh,
+                            preferred_element_type=jnp.float32)
+  logits_bkgts = jnp.where(mask_bts[:, None, None], logits_bkgts, _MASKED)
+  probs_bkgts = jax.nn.softmax(logits_bkgts, axis=-1).astype(v_bskh.dtype)
+  out_btkgh = jnp.einsum("bkgts,bskh->btkgh", probs_bkgts, v_bskh)
+  return out_btkgh.reshape(b, t, n, h)
+
+
+class Attention(nnx.Module):
+  """Owns q [*,D,N,H], k/v [*,D,K,H], o [*,N,H,D] (`*` = stack prefix, axis `layers`)."""
+
+  def __init__(self, d_model: int, num_heads: int, num_kv_heads: int, head_dim: int, *,
+               rngs: nnx.Rngs, stack: tuple[int, ...] = (), param_dtype=jnp.float32):
+    if num_heads % num_kv_heads:
+      raise ValueError(f"num_heads={num_heads} is not a multiple of num_kv_heads={num_kv_heads}")
+    lead = ("layers",) * len(stack)
+    self.q = param(rngs, (*stack, d_model, num_heads, head_dim),
+                   lead + ("embed", "heads", "head_dim"), d_model ** -0.5, param_dtype)
+    self.k = param(rngs, (*stack, d_model, num_kv_heads, head_dim),
+                   lead + ("embed", "kv_heads", "head_dim"), d_model ** -0.5, param_dtype)
+    self.v = param(rngs, (*stack, d_model, num_kv_heads, head_dim),
+                   lead + ("embed", "kv_heads", "head_dim"), d_model ** -0.5, param_dtype)
+    self.o = param(rngs, (*stack, num_heads, head_dim, d_model),
+                   lead + ("heads", "head_dim", "embed"), (num_heads * head_dim) ** -0.5,
+                   param_dtype)
+
+
+def qkv(p: dict, x_btd: Array) -> tuple[Array, Array, Array]:
+  """Projections of one layer's `p` = {q, k, v, ...} (unstacked), weights cast to x's dtype."""
+  dt = x_btd.dtype
+  return (jnp.einsum("btd,dnh->btnh", x_btd, p["q"].astype(dt)),
+          jnp.einsum("btd,dkh->btkh", x_btd, p["k"].astype(dt)),
+          jnp.einsum("btd,dkh->btkh", x_btd, p["v"].astype(dt)))
+
+
+def out_proj(p: dict, y_btnh: Array) -> Array:
+  return jnp.einsum("btnh,nhd->btd", y_btnh, p["o"].astype(y_btnh.dtype))
+
+
+# ------------------------------------------------------------------------------------------------
+# Gated MLP
+# ------------------------------------------------------------------------------------------------
+ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
+    "silu": jax.nn.silu,  # SwiGLU (Llama)
+    "gelu_tanh": lambda x: jax.nn.gelu(x, approximate=True),  # GeGLU (Gemma)
+}
+
+
+def gated_mlp(p: dict, x_btd: Array, activation: str) -> Array:
+  """down(act(x @ gate) * (x @ up)) for one layer's `p` = {gate, up, down}."""
+  dt = x_btd.dtype
+  gate_btf = jnp.einsum("btd,df->btf", x_btd, p["gate"].astype(dt))
+  up_btf = jnp.einsum("btd,df->btf", x_btd, p["up"].astype(dt))
+  return jnp.einsum("btf,fd->btd", ACTIVATIONS[activation](gate_btf) * up_btf,
+                    p["down"].astype(dt))
+
+
+class MLP(nnx.Module):
+  """Owns gate/up [*,D,F] and down [*,F,D]."""
+
+  def __init__(self, d_model: int, mlp_dim: int, *, rngs: nnx.Rngs,
+               stack: tuple[int, ...] = (), param_dtype=jnp.float32):
+    lead = ("layers",) * len(stack)
+    self.gate = param(rngs, (*stack, d_model, mlp_dim), lead + ("embed", "mlp"),
+                      d_model ** -0.5, param_dtype)
+    self.up = param(rngs, (*stack, d_model, mlp_dim), lead + ("embed", "mlp"),
+                    d_model ** -0.5, param_dtype)
+    self.down = param(rngs, (*stack, mlp_dim, d_model), lead + ("mlp", "embed"),
+                      mlp_dim ** -0.5, param_dtype)

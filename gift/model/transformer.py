@@ -1,0 +1,229 @@
+"""The decoder: embed -> scanned blocks -> final RMSNorm -> float32 logits, with a KV cache.
+
+`Transformer` (Flax NNX) owns the parameters in the layout of docs/contracts.md, with the layers
+stacked on a leading L axis. The math is one pure function, `apply(cfg, params, ...)`, over the
+pure parameter dict, so the trainer, the sampler and the HF converter never touch NNX internals:
+
+  params = init_params(cfg, jax.random.key(0))       # pure dict of f32 arrays
+  shapes = abstract_params(cfg)                      # same tree of ShapeDtypeStruct, no memory
+  axes = logical_axes(cfg)                           # same tree of logical axis-name tuples
+  logits_btv, _ = apply(cfg, params, tokens_bt, positions_bt, segment_ids_bt)
+  cache = init_cache(cfg, batch_size=B, max_len=S)
+  logits_btv, cache = apply(cfg, params, prompt_bt, positions_bt, segment_ids_bt, cache=cache)
+  model = from_params(cfg, params); params = params_of(model)   # NNX module <-> pure dict
+
+Block (pre-norm): x += attn(norm(x)); x += mlp(norm(x)). Einsum legend as in layers.py.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from gift.model import layers
+from gift.model.presets import ModelConfig
+
+Array = jax.Array
+Params = dict[str, Any]
+
+REMAT_POLICIES = {
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "nothing_saveable": jax.checkpoint_policies.nothing_saveable,
+    "dots_saveable": jax.checkpoint_policies.dots_saveable,
+    "dots_with_no_batch_dims_saveable": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    "everything_saveable": jax.checkpoint_policies.everything_saveable,
+}
+
+
+class KVCache(NamedTuple):
+  """Keys/values of every layer for S slots; slot order is time order.
+
+  k, v: [L, B, S, K, H] compute dtype. segment_ids: [B, S] int32, 0 = empty slot.
+  index: int32 scalar, the next slot to write.
+  """
+  k: Array
+  v: Array
+  segment_ids: Array
+  index: Array
+
+
+def init_cache(cfg: ModelConfig, batch_size: int, max_len: int, dtype=None) -> KVCache:
+  shape = (cfg.num_layers, batch_size, max_len, cfg.num_kv_heads, cfg.head_dim)
+  dtype = jnp.dtype(dtype or cfg.dtype)
+  return KVCache(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype),
+                 jnp.zeros((batch_size, max_len), jnp.int32), jnp.zeros((), jnp.int32))
+
+
+class Embedder(nnx.Module):
+  def __init__(self, vocab_size: int, d_model: int, *, rngs: nnx.Rngs, param_dtype=jnp.float32):
+    self.embedding = layers.param(rngs, (vocab_size, d_model), ("vocab", "embed"),
+                                  d_model ** -0.5, param_dtype)
+
+
+class Block(nnx.Module):
+  """All L blocks' weights, stacked on a leading `layers` axis."""
+
+  def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+    kw = dict(stack=(cfg.num_layers,), param_dtype=jnp.dtype(cfg.param_dtype))
+    norm = dict(eps=cfg.norm_eps, plus_one=cfg.norm_plus_one, **kw)
+    self.attn_norm = layers.RMSNorm(cfg.d_model, **norm)
+    self.attn = layers.Attention(cfg.d_model, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim,
+                                 rngs=rngs, **kw)
+    self.mlp_norm = layers.RMSNorm(cfg.d_model, **norm)
+    self.mlp = layers.MLP(cfg.d_model, cfg.mlp_dim, rngs=rngs, **kw)
+
+
+class Transformer(nnx.Module):
+  """Decoder-only transformer; `model(tokens_bt, positions_bt, segment_ids_bt=None, cache=None)
+  -> (logits_btv float32, cache)`; see `apply`."""
+
+  def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+    if cfg.head_dim % 2:
+      raise ValueError(f"model.head_dim={cfg.head_dim} must be even for RoPE")
+    if cfg.mlp_activation not in layers.ACTIVATIONS:
+      raise ValueError(f"model.mlp_activation={cfg.mlp_activation!r}; expected one of "
+                       f"{sorted(layers.ACTIVATIONS)}")
+    self.cfg = cfg
+    param_dtype = jnp.dtype(cfg.param_dtype)
+    self.embedder = Embedder(cfg.vocab_size, cfg.d_model, rngs=rngs, param_dtype=param_dtype)
+    self.layers = Block(cfg, rngs=rngs)
+    self.final_norm = layers.RMSNorm(cfg.d_model, eps=cfg.norm_eps, plus_one=cfg.norm_plus_one,
+                                     param_dtype=param_dtype)
+    if not cfg.tie_embeddings:
+      self.unembed = layers.param(rngs, (cfg.d_model, cfg.vocab_size), ("embed", "vocab"),
+                                  cfg.d_model ** -0.5, param_dtype)
+
+  def __call__(self, tokens_bt: Array, positions_bt: Array, segment_ids_bt: Array | None = None,
+               cache: KVCache | None = None) -> tuple[Array, KVCache | None]:
+    return apply(self.cfg, params_of(self), tokens_bt, positions_bt, segment_ids_bt, cache)
+
+
+# ------------------------------------------------------------------------------------------------
+# Pure helpers
+# ------------------------------------------------------------------------------------------------
+def params_of(model: Transformer) -> Params:
+  """The pure parameter dict (contracts.md layout) of an NNX model."""
+  return nnx.state(model, nnx.Param).to_pure_dict()
+
+
+def from_params(cfg: ModelConfig, params: Params) -> Transformer:
+  """An NNX model holding `params` (no random init is run)."""
+  model = nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(0)))
+  state = nnx.state(model, nnx.Param)
+  state.replace_by_pure_dict(params)
+  nnx.update(model, state)
+  return model
+
+
+def init_params(cfg: ModelConfig, rng: Array) -> Params:
+  """Random parameters (pure dict). Jittable: `jax.jit(init_params, static_argnums=0,
+  out_shardings=...)` gives parameters born sharded."""
+  return params_of(Transformer(cfg, rngs=nnx.Rngs(params=rng)))
+
+
+def abstract_params(cfg: ModelConfig) -> Params:
+  """ShapeDtypeStructs of the parameters; allocates nothing."""
+  return jax.eval_shape(lambda: init_params(cfg, jax.random.key(0)))
+
+
+def logical_axes(cfg: ModelConfig) -> Params:
+  """The parameters' logical axis names, e.g. `layers/attn/q -> ("layers","embed","heads",
+  "head_dim")`, as a dict with the parameters' tree structure (tuples are leaves)."""
+  model = nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(0)))
+  axes: Params = {}
+  for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param)):
+    node = axes
+    for key in path[:-1]:
+      node = node.setdefault(key, {})
+    node[path[-1]] = tuple(var.get_metadata()["out_sharding"])
+  return axes
+
+
+def param_count(cfg: ModelConfig) -> int:
+  return sum(math.prod(x.shape) for x in jax.tree.leaves(abstract_params(cfg)))
+
+
+def _remat(fn, policy: str):
+  if policy == "none":
+    return fn
+  if policy not in REMAT_POLICIES:
+    raise ValueError(f"model.remat_policy={policy!r}; expected 'none' or one of "
+                     f"{sorted(REMAT_POLICIES)}")
+  return jax.checkpoint(fn, policy=REMAT_POLICIES[policy], prevent_cse=False)
+
+
+def apply(cfg: ModelConfig, params: Params, tokens_bt: Array, positions_bt: Array,
+          segment_ids_bt: Array | None = None, cache: KVCache | None = None,
+          ) -> tuple[Array, KVCache | None]:
+  """The forward pass. Returns (logits [B, T, V] float32, updated cache or None).
+
+  tokens/positions/segment_ids: int32 [B, T]; segment_ids None = one segment per row, 0 marks
+  padding. A token attends to earlier-or-equal slots of its own non-zero segment. With `cache`,
+  the T new keys/values go to slots [cache.index, cache.index + T) and the queries attend over
+  all cache slots under the same rule; the returned cache has index += T.
+  """
+  dtype = jnp.dtype(cfg.dtype)
+  b, t = tokens_bt.shape
+  if segment_ids_bt is None:
+    segment_ids_bt = jnp.ones((b, t), jnp.int32)
+  x_btd = jnp.take(params["embedder"]["embedding"], tokens_bt, axis=0).astype(dtype)
+  if cfg.embed_scale:  # Gemma casts the normalizer to the compute dtype before scaling
+    x_btd = x_btd * jnp.asarray(math.sqrt(cfg.d_model), dtype)
+  sin_bth, cos_bth = layers.rope_tables(positions_bt, cfg.head_dim, cfg.rope_theta)
+
+  if cache is None:
+    slots_t = jnp.arange(t, dtype=jnp.int32)
+    mask_bts = layers.attention_mask(segment_ids_bt, slots_t[None], segment_ids_bt, slots_t)
+    kv_segment_bs = None
+  else:
+    s = cache.segment_ids.shape[1]
+    kv_segment_bs = jax.lax.dynamic_update_slice(cache.segment_ids,
+                                                 segment_ids_bt.astype(jnp.int32),
+                                                 (0, cache.index))
+    q_slots_bt = (cache.index + jnp.arange(t, dtype=jnp.int32))[None]
+    mask_bts = layers.attention_mask(segment_ids_bt, q_slots_bt, kv_segment_bs,
+                                     jnp.arange(s, dtype=jnp.int32))
+
+  def block(x_btd, layer):
+    p, k_cache_bskh, v_cache_bskh = layer
+    h_btd = layers.rms_norm(x_btd, p["attn_norm"]["scale"], cfg.norm_eps, cfg.norm_plus_one)
+    q_btnh, k_btkh, v_btkh = layers.qkv(p["attn"], h_btd)
+    q_btnh = layers.apply_rope(q_btnh, sin_bth, cos_bth)
+    k_btkh = layers.apply_rope(k_btkh, sin_bth, cos_bth)
+    if k_cache_bskh is not None:
+      k_btkh = jax.lax.dynamic_update_slice(k_cache_bskh, k_btkh.astype(k_cache_bskh.dtype),
+                                            (0, cache.index, 0, 0))
+      v_btkh = jax.lax.dynamic_update_slice(v_cache_bskh, v_btkh.astype(v_cache_bskh.dtype),
+                                            (0, cache.index, 0, 0))
+    y_btnh = layers.attend(q_btnh, k_btkh.astype(dtype), v_btkh.astype(dtype), mask_bts)
+    x_btd = x_btd + layers.out_proj(p["attn"], y_btnh)
+    h_btd = layers.rms_norm(x_btd, p["mlp_norm"]["scale"], cfg.norm_eps, cfg.norm_plus_one)
+    x_btd = x_btd + layers.gated_mlp(p["mlp"], h_btd, cfg.mlp_activation)
+    if k_cache_bskh is None:
+      return x_btd, None
+    return x_btd, (k_btkh, v_btkh)
+
+  block = _remat(block, cfg.remat_policy)
+  xs = (params["layers"], None, None) if cache is None else (params["layers"], cache.k, cache.v)
+  if cfg.scan_layers:
+    x_btd, new_kv = jax.lax.scan(block, x_btd, xs)
+  else:
+    outs = []
+    for i in range(cfg.num_layers):
+      x_btd, out = block(x_btd, jax.tree.map(lambda a, i=i: a[i], xs))
+      outs.append(out)
+    new_kv = None if cache is None else jax.tree.map(lambda *a: jnp.stack(a), *outs)
+
+  x_btd = layers.rms_norm(x_btd, params["final_norm"]["scale"], cfg.norm_eps, cfg.norm_plus_one)
+  if cfg.tie_embeddings:
+    logits_btv = jnp.einsum("btd,vd->btv", x_btd, params["embedder"]["embedding"].astype(dtype),
+                            preferred_element_type=jnp.float32)
+  else:
+    logits_btv = jnp.einsum("btd,dv->btv", x_btd, params["unembed"].astype(dtype),
+                            preferred_element_type=jnp.float32)
+  if cache is not None:
+    cache = KVCache(new_kv[0], new_kv[1], kv_segment_bs, cache.index + t)
+  return logits_btv, cache

@@ -1,0 +1,186 @@
+"""The decoder: parameter layout, KV-cache decoding, packing, remat, scan, dtypes."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from gift.model import presets
+from gift.model import transformer as tr
+
+TINY = presets.get_preset("test_tiny", vocab_size=97)
+GEMMA_LIKE = TINY.replace(mlp_activation="gelu_tanh", tie_embeddings=True, embed_scale=True,
+                          norm_plus_one=True, num_kv_heads=1, rope_theta=500.0)
+
+
+def _tokens(b, t, seed=0, vocab=97):
+  return jnp.asarray(np.random.default_rng(seed).integers(1, vocab, size=(b, t)), jnp.int32)
+
+
+def _positions(b, t):
+  return jnp.tile(jnp.arange(t, dtype=jnp.int32), (b, 1))
+
+
+@pytest.mark.parametrize("kv_heads,tie", [(4, False), (2, False), (1, True)])
+def test_param_layout_matches_contract(kv_heads, tie):
+  cfg = TINY.replace(num_kv_heads=kv_heads, tie_embeddings=tie)
+  L, D, N, K, H, F, V = 2, 64, 4, kv_heads, 16, 128, 97
+  expected = {
+      ("embedder", "embedding"): ((V, D), ("vocab", "embed")),
+      ("layers", "attn_norm", "scale"): ((L, D), ("layers", "norm")),
+      ("layers", "attn", "q"): ((L, D, N, H), ("layers", "embed", "heads", "head_dim")),
+      ("layers", "attn", "k"): ((L, D, K, H), ("layers", "embed", "kv_heads", "head_dim")),
+      ("layers", "attn", "v"): ((L, D, K, H), ("layers", "embed", "kv_heads", "head_dim")),
+      ("layers", "attn", "o"): ((L, N, H, D), ("layers", "heads", "head_dim", "embed")),
+      ("layers", "mlp_norm", "scale"): ((L, D), ("layers", "norm")),
+      ("layers", "mlp", "gate"): ((L, D, F), ("layers", "embed", "mlp")),
+      ("layers", "mlp", "up"): ((L, D, F), ("layers", "embed", "mlp")),
+      ("layers", "mlp", "down"): ((L, F, D), ("layers", "mlp", "embed")),
+      ("final_norm", "scale"): ((D,), ("norm",)),
+  }
+  if not tie:
+    expected[("unembed",)] = ((D, V), ("embed", "vocab"))
+  shapes = tr.abstract_params(cfg)
+  axes = tr.logical_axes(cfg)
+  flat_shapes = {tuple(k.key for k in path): x.shape
+                 for path, x in jax.tree_util.tree_leaves_with_path(shapes)}
+  flat_axes = {tuple(k.key for k in path): x for path, x in jax.tree_util.tree_leaves_with_path(
+      axes, is_leaf=lambda x: isinstance(x, tuple))}
+  assert flat_shapes == {k: s for k, (s, _) in expected.items()}
+  assert flat_axes == {k: a for k, (_, a) in expected.items()}
+  assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(shapes))
+  assert tr.param_count(cfg) == sum(int(np.prod(s)) for s, _ in expected.values())
+
+
+def test_norm_init_follows_llama_and_gemma_conventions():
+  llama = tr.init_params(TINY, jax.random.key(0))
+  gemma = tr.init_params(GEMMA_LIKE, jax.random.key(0))
+  assert np.all(np.asarray(llama["final_norm"]["scale"]) == 1.0)
+  assert np.all(np.asarray(gemma["layers"]["attn_norm"]["scale"]) == 0.0)
+
+
+def test_nnx_module_call_equals_pure_apply():
+  params = tr.init_params(TINY, jax.random.key(1))
+  tokens, positions = _tokens(2, 9), _positions(2, 9)
+  model = tr.from_params(TINY, params)
+  got, _ = model(tokens, positions)
+  want, _ = tr.apply(TINY, params, tokens, positions)
+  np.testing.assert_array_equal(got, want)
+  jax.tree.map(np.testing.assert_array_equal, tr.params_of(model), params)
+
+
+def test_output_at_t_does_not_depend_on_later_tokens():
+  params = tr.init_params(TINY, jax.random.key(2))
+  tokens = _tokens(1, 12)
+  changed = tokens.at[:, 7:].set((tokens[:, 7:] + 5) % 97)
+  a, _ = tr.apply(TINY, params, tokens, _positions(1, 12))
+  b, _ = tr.apply(TINY, params, changed, _positions(1, 12))
+  np.testing.assert_allclose(a[:, :7], b[:, :7], rtol=1e-6, atol=1e-6)
+  assert not np.allclose(a[:, 7:], b[:, 7:])
+
+
+@pytest.mark.parametrize("cfg", [TINY, GEMMA_LIKE], ids=["llama", "gemma"])
+def test_packed_row_equals_separate_rows(cfg):
+  params = tr.init_params(cfg, jax.random.key(3))
+  a, b = _tokens(1, 5, seed=4), _tokens(1, 7, seed=5)
+  packed = jnp.concatenate([a, b, jnp.zeros((1, 3), jnp.int32)], 1)
+  positions = jnp.concatenate([_positions(1, 5), _positions(1, 7), jnp.zeros((1, 3), jnp.int32)],
+                              1)
+  segments = jnp.array([[1] * 5 + [2] * 7 + [0] * 3])
+  got, _ = tr.apply(cfg, params, packed, positions, segments)
+  want_a, _ = tr.apply(cfg, params, a, _positions(1, 5))
+  want_b, _ = tr.apply(cfg, params, b, _positions(1, 7))
+  np.testing.assert_allclose(got[:, :5], want_a, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(got[:, 5:12], want_b, rtol=1e-5, atol=1e-5)
+  assert np.isfinite(np.asarray(got)).all()  # padding rows too
+
+
+@pytest.mark.parametrize("cfg", [TINY, GEMMA_LIKE], ids=["llama", "gemma"])
+def test_kv_cache_prefill_then_decode_equals_full_forward(cfg):
+  params = tr.init_params(cfg, jax.random.key(6))
+  tokens, positions = _tokens(2, 10, seed=7), _positions(2, 10)
+  full, _ = tr.apply(cfg, params, tokens, positions)
+  step = jax.jit(tr.apply, static_argnums=0)
+  cache = tr.init_cache(cfg, batch_size=2, max_len=16)
+  logits, cache = step(cfg, params, tokens[:, :4], positions[:, :4], None, cache)
+  chunks = [logits]
+  for t in range(4, 10):
+    logits, cache = step(cfg, params, tokens[:, t:t + 1], positions[:, t:t + 1], None, cache)
+    chunks.append(logits)
+  assert int(cache.index) == 10
+  np.testing.assert_allclose(jnp.concatenate(chunks, 1), full, rtol=1e-5, atol=1e-5)
+
+
+def test_kv_cache_with_left_padded_prompts_equals_each_prompt_alone():
+  cfg = TINY
+  params = tr.init_params(cfg, jax.random.key(8))
+  lengths, total, new = (3, 6), 6, 4
+  seqs = [_tokens(1, n + new, seed=10 + i) for i, n in enumerate(lengths)]
+  # Left-pad the prompts to a common length: segment 0, positions from 0 at the first real token.
+  prompt = jnp.concatenate([jnp.pad(s[:, :n], ((0, 0), (total - n, 0)))
+                            for s, n in zip(seqs, lengths)])
+  segments = jnp.asarray([[0] * (total - n) + [1] * n for n in lengths], jnp.int32)
+  positions = jnp.asarray([[0] * (total - n) + list(range(n)) for n in lengths], jnp.int32)
+  cache = tr.init_cache(cfg, batch_size=2, max_len=total + new)
+  step = jax.jit(tr.apply, static_argnums=0)
+  logits, cache = step(cfg, params, prompt, positions, segments, cache)
+  got = [[logits[i, total - n:]] for i, n in enumerate(lengths)]
+  for j in range(new):
+    tok = jnp.concatenate([s[:, n + j:n + j + 1] for s, n in zip(seqs, lengths)])
+    pos = jnp.asarray([[n + j] for n in lengths], jnp.int32)
+    logits, cache = step(cfg, params, tok, pos, jnp.ones((2, 1), jnp.int32), cache)
+    for i in range(2):
+      got[i].append(logits[i])
+  for i, (s, n) in enumerate(zip(seqs, lengths)):
+    want, _ = tr.apply(cfg, params, s, _positions(1, n + new))
+    np.testing.assert_allclose(jnp.concatenate(got[i]), want[0], rtol=1e-5, atol=1e-5)
+
+
+def _loss_and_grads(cfg, params, tokens):
+  def loss(p):
+    logits, _ = tr.apply(cfg, p, tokens, _positions(*tokens.shape))
+    return jnp.mean(jax.nn.logsumexp(logits, -1) - jnp.take_along_axis(
+        logits, jnp.roll(tokens, -1, 1)[..., None], -1)[..., 0])
+  return jax.jit(jax.value_and_grad(loss))(params)
+
+
+def test_remat_policies_and_unscanned_layers_give_the_same_loss_and_grads():
+  params = tr.init_params(TINY, jax.random.key(9))
+  tokens = _tokens(2, 8, seed=11)
+  ref_loss, ref_grads = _loss_and_grads(TINY, params, tokens)
+  variants = [TINY.replace(remat_policy=p) for p in tr.REMAT_POLICIES]
+  variants.append(TINY.replace(scan_layers=False))
+  for cfg in variants:
+    loss, grads = _loss_and_grads(cfg, params, tokens)
+    np.testing.assert_allclose(loss, ref_loss, rtol=1e-6)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7), grads,
+                 ref_grads)
+  with pytest.raises(ValueError, match="remat_policy"):
+    tr.apply(TINY.replace(remat_policy="bogus"), params, tokens, _positions(2, 8))
+
+
+def test_bf16_compute_keeps_f32_params_and_logits():
+  cfg = GEMMA_LIKE.replace(dtype="bfloat16")
+  params = tr.init_params(cfg, jax.random.key(12))
+  assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(params))
+  tokens = _tokens(2, 8)
+  logits, _ = tr.apply(cfg, params, tokens, _positions(2, 8))
+  ref, _ = tr.apply(cfg.replace(dtype="float32"), params, tokens, _positions(2, 8))
+  assert logits.dtype == jnp.float32
+  np.testing.assert_allclose(logits, ref, atol=0.15 * float(jnp.abs(ref).max()))
+  cache = tr.init_cache(cfg, 2, 8)
+  assert cache.k.dtype == jnp.bfloat16
+
+
+def test_embed_scale_multiplies_by_sqrt_d_model():
+  # A large eps makes the final RMSNorm sensitive to the residual's scale; with zero attention and
+  # MLP outputs the logits are then rms_norm(e * sqrt(D)) @ E^T, a closed form.
+  cfg = GEMMA_LIKE.replace(num_layers=1, norm_eps=1.0)
+  params = tr.init_params(cfg, jax.random.key(13))
+  params["layers"]["attn"]["o"] = jnp.zeros_like(params["layers"]["attn"]["o"])
+  params["layers"]["mlp"]["down"] = jnp.zeros_like(params["layers"]["mlp"]["down"])
+  tokens = _tokens(1, 3)
+  logits, _ = tr.apply(cfg, params, tokens, _positions(1, 3))
+  table = np.asarray(params["embedder"]["embedding"])
+  x = table[np.asarray(tokens[0])] * 8.0  # sqrt(64)
+  want = (x / np.sqrt(np.mean(x ** 2, -1, keepdims=True) + 1.0)) @ table.T
+  np.testing.assert_allclose(logits[0], want, rtol=1e-4, atol=1e-5)
