@@ -35,14 +35,16 @@ def plan(dist_cfg: Any, env: Mapping[str, str]) -> dict[str, Any] | None:
     raise ValueError(f"distributed.initialize={mode!r}; expected 'auto', 'yes' or 'no'")
   if mode == "no":
     return None
+  # SLURM's variables describe the processes only inside an `srun` step (the batch script
+  # itself is one process even when SLURM_NTASKS > 1).
+  in_step = bool(env.get("SLURM_STEP_ID"))
   coordinator = dist_cfg.coordinator_address or env.get("JAX_COORDINATOR_ADDRESS", "")
-  num = dist_cfg.num_processes or int(env.get("JAX_NUM_PROCESSES", 0) or
-                                      env.get("SLURM_NTASKS", 0) or 0)
+  num = dist_cfg.num_processes or int(env.get("JAX_NUM_PROCESSES") or
+                                      (env.get("SLURM_NTASKS") if in_step else 0) or 0)
   pid = dist_cfg.process_id
   if pid < 0:
-    pid = int(env.get("JAX_PROCESS_ID", env.get("SLURM_PROCID", -1)))
-  # Inside an `srun` step (not the batch script itself, which is one process).
-  slurm = bool(env.get("SLURM_STEP_ID")) and int(env.get("SLURM_NTASKS", 1) or 1) > 1
+    pid = int(env.get("JAX_PROCESS_ID") or (env.get("SLURM_PROCID") if in_step else -1) or -1)
+  slurm = in_step and int(env.get("SLURM_NTASKS", 1) or 1) > 1
   if mode == "auto" and not (coordinator or num > 1 or slurm or _tpu_pod(env)):
     return None
   if mode == "auto" and coordinator and num == 1:
