@@ -224,9 +224,9 @@ class TrainCheckpointer:
 
   def __init__(self, workdir: str, every: int, keep: int, async_save: bool = True,
                handle_sigterm: bool = True):
-    self.directory = os.path.abspath(workdir)
+    self.directory, self.every = os.path.abspath(workdir), every
     self._options = ocp.CheckpointManagerOptions(
-        save_interval_steps=max(every, 1), max_to_keep=keep or None,
+        max_to_keep=keep or None,
         enable_async_checkpointing=async_save, create=True, cleanup_tmp_directories=True)
     self._manager = self._make_manager()
     self._sigterm = False
@@ -254,10 +254,12 @@ class TrainCheckpointer:
     return ocp.args.Composite(**{k: ocp.args.StandardSave(state[k]) for k in TRAIN_ITEMS})
 
   def maybe_save(self, step: int, state: Mapping[str, Any]) -> bool:
-    """Saves if `step` is on the save interval; returns whether a save started."""
-    if not self._manager.should_save(step):
+    """Starts a save if `step` is a multiple of `every` (0: never; the trainer checks first that
+    the state is finite)."""
+    if self.every <= 0 or step % self.every:
       return False
-    return self._manager.save(step, args=self._args(state))
+    self._manager.save(step, args=self._args(state), force=True)
+    return True
 
   def save(self, step: int, state: Mapping[str, Any]) -> None:
     """Saves `step` now (unless it is already saved) and waits until it is on disk."""
