@@ -211,14 +211,21 @@ def encode(value: Any, max_bytes: int = MAX_BYTES, max_nodes: int = MAX_NODES) -
   return data
 
 
-class _Decoder:
+class Budget:
+  """The node budget of one or more `from_tree` calls (a result and its captured values)."""
 
-  def __init__(self, max_nodes: int):
+  def __init__(self, max_nodes: int = MAX_NODES):
     self.nodes_left = max_nodes
 
+
+class _Decoder:
+
+  def __init__(self, budget: Budget):
+    self.budget = budget
+
   def _node(self) -> None:
-    self.nodes_left -= 1
-    if self.nodes_left < 0:
+    self.budget.nodes_left -= 1
+    if self.budget.nodes_left < 0:
       raise CodecError("document has more values than the node budget")
 
   def value(self, n: Any, depth: int) -> Any:
@@ -394,8 +401,17 @@ def decode(data: bytes, max_bytes: int = MAX_BYTES, max_nodes: int = MAX_NODES) 
   if len(data) > max_bytes:
     raise CodecError(f"document of {len(data)} bytes is over the budget of {max_bytes}")
   try:
-    tree = json.loads(data)
-    return _Decoder(max_nodes).value(tree, 0)
+    return from_tree(json.loads(data), Budget(max_nodes))
+  except CodecError:
+    raise
+  except (ValueError, RecursionError) as e:
+    raise CodecError(f"malformed document: {type(e).__name__}: {e}") from None
+
+
+def from_tree(tree: Any, budget: Budget) -> Any:
+  """The value of an already-parsed JSON document (e.g. spliced into a larger message)."""
+  try:
+    return _Decoder(budget).value(tree, 0)
   except CodecError:
     raise
   except (ValueError, TypeError, KeyError, AttributeError, RecursionError, OverflowError) as e:
