@@ -72,6 +72,23 @@ def base_config() -> ConfigDict:
       n=1, temperature=0.0, top_k=0, top_p=1.0, max_new_tokens=256,
       stop=("# In[ ]:",), batch_size=8, prompt_buckets=(64, 128, 256, 512, 1024, 2048)))
 
+  c.synth = ConfigDict(dict(  # `gift build-data` (gift/synth/build.py)
+      contexts=("bundled",),  # "bundled" and/or paths: CSV folders/files, .ipynb folders/files
+      num_bundled=24, bundled_real=True,  # generated contexts; + matplotlib's sample CSVs
+      max_file_mb=20.0,
+      backend="templates",  # templates | gift | openai
+      operations=(),  # templates: subset of templates.OPERATIONS; () = all
+      intents_per_context=96, samples_per_intent=3,
+      temperature=0.8, max_new_tokens=256, llm_summaries=True,
+      validation_fraction=0.1, max_contexts=0,  # 0 = all
+      spec_max_chars=ConfigDict(dict(typedesc=600, io_examples=1200, io_summary=600)),
+      example_rows=3, example_cols=8, example_cell_chars=20, output_repr_chars=1500,
+      gift=ConfigDict(dict(checkpoint="")),
+      openai=ConfigDict(dict(base_url="", model="", api_key_env="OPENAI_API_KEY",
+                             endpoint="chat", timeout_s=60.0, max_retries=4, backoff_s=1.0,
+                             concurrency=8)),
+  ))
+
   c.execution = ConfigDict(dict(
       python="",  # interpreter for the sandbox zygotes; "" = this one
       num_workers=0,  # 0 = one per core

@@ -34,6 +34,7 @@ from gift.synth import specs
 
 log = logging.getLogger(__name__)
 
+PRELUDE = "import numpy as np\nimport pandas as pd"  # context code of CSV contexts
 _ISO_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}([ T]\d{2}:\d{2}(:\d{2}(\.\d+)?)?)?$")
 _READS_FRAME = re.compile(r"\b(pd|pandas)\.(read_\w+|DataFrame)\s*\(")
 
@@ -44,10 +45,14 @@ class Context:
 
   id: stable name ("bundled/sales", "csv/trips-1a2b3c4d", "nb/analysis-.../cell7").
   cells: (kind, source, output) with kind "code" | "markdown"; output is rendered text or None.
-  code: the executable prefix (file paths absolute); running it defines `frames`.
+  code: the executable prefix the sandbox runs once per context (after `inputs`).
   frames: name -> DataFrame defined by the prefix; None until probed (notebooks).
   source: "bundled" | "csv" | "notebook".
   links: (left frame, right frame, key column) pairs that can be merged.
+  inputs: values injected as data before `code` runs. CSV contexts are loaded here (the same
+    `pd.read_csv` call the shown cell makes) and injected, because sandboxed jobs see neither
+    the caller's /tmp nor its cwd.
+  load_code: code that rebuilds `frames` from the files by absolute path (kept in records).
   """
   id: str
   cells: list[tuple[str, str, str | None]]
@@ -55,6 +60,8 @@ class Context:
   frames: dict[str, pd.DataFrame] | None
   source: str
   links: list[tuple[str, str, str]] = dataclasses.field(default_factory=list)
+  inputs: dict[str, pd.DataFrame] | None = None
+  load_code: str = ""
 
   def text(self) -> str:
     """The prefix as notebook script text (what the model sees)."""
@@ -126,7 +133,8 @@ def from_csv(path: str, context_id: str | None = None, max_mb: float = 20.0,
     digest = hashlib.sha1(os.path.abspath(path).encode()).hexdigest()[:8]
     context_id = f"{source}/{stem}-{digest}"
   cells = [("code", "import pandas as pd\n" + shown, None), ("code", "df.head()", show(frame))]
-  return Context(context_id, cells, "import pandas as pd\n" + run, {"df": frame}, source)
+  return Context(context_id, cells, PRELUDE, {"df": frame}, source, inputs={"df": frame},
+                 load_code="import pandas as pd\n" + run)
 
 
 def _skip(skipped: list, path: str, reason: str) -> None:
@@ -508,7 +516,8 @@ def from_bundled_folder(folder: str, name: str, key: str | None = None) -> Conte
   key = key or SCHEMAS.get(schema, {}).get("key")
   if key and len(frames) > 1:
     links = [("df", var, key) for var in list(frames)[1:] if key in frames[var].columns]
-  return Context(f"bundled/{name}", cells, "\n".join(run), frames, "bundled", links)
+  return Context(f"bundled/{name}", cells, PRELUDE, frames, "bundled", links, inputs=dict(frames),
+                 load_code="\n".join(run))
 
 
 MATPLOTLIB_CSVS = ("Stocks.csv", "msft.csv")
