@@ -62,6 +62,7 @@ class Context:
   links: list[tuple[str, str, str]] = dataclasses.field(default_factory=list)
   inputs: dict[str, pd.DataFrame] | None = None
   load_code: str = ""
+  frame_names: tuple[str, ...] = ()  # notebooks: the variables to probe for `frames`
 
   def text(self) -> str:
     """The prefix as notebook script text (what the model sees)."""
@@ -216,7 +217,7 @@ def from_notebook(path: str, max_mb: float = 20.0) -> list[Context]:
       frames += [n for n in new if n not in frames]
       if new:
         contexts.append(Context(f"nb/{stem}-{digest}/cell{i}", list(cells), "\n".join(code),
-                                None, "notebook"))
+                                None, "notebook", frame_names=tuple(frames)))
   if not contexts:
     raise ValueError("no_frames: no code cell reads a dataframe with pd.read_*/pd.DataFrame")
   return contexts
