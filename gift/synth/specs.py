@@ -226,6 +226,8 @@ def fingerprint(value: Any) -> str:
     h.update(repr(np.asarray(value).shape).encode())
     h.update(pd.Series(np.asarray(value).ravel()).to_csv().encode())
   else:
+    if isinstance(value, np.generic):  # np.int64(5) and 5 are the same answer
+      value = value.item()
     h.update(repr(value).encode())
   return h.hexdigest()[:16]
 

@@ -72,6 +72,7 @@ def test_fingerprint_distinguishes_content_not_dtype_spelling(df):
   assert specs.fingerprint(df) != specs.fingerprint(df.head(3))
   assert specs.fingerprint(df) == specs.fingerprint(df.astype({"region": object}))
   assert specs.fingerprint(pd.Series([1, 2])) != specs.fingerprint([1, 2])
+  assert specs.fingerprint(np.int64(5)) == specs.fingerprint(5)
 
 
 def test_describe_is_json_able(df):
