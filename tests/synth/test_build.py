@@ -1,0 +1,119 @@
+"""The data build end to end on a few contexts: filters and drop reasons, split by context,
+records that re-execute to their output, resume after a crash giving the identical dataset."""
+import json
+
+import pandas as pd
+import pytest
+
+from gift import config as gc
+from gift.data import records
+from gift.execution.sandbox import Sandbox
+from gift.synth import backends, build, contexts
+from gift.synth.templates import Intent
+
+
+@pytest.fixture(scope="module")
+def sandbox():
+  with Sandbox(num_workers=2, timeout_s=3.0) as sb:
+    yield sb
+
+
+def small_cfg(**synth):
+  c = gc.base_config()
+  c.synth.num_bundled, c.synth.bundled_real, c.synth.intents_per_context = 3, False, 10
+  for k, v in synth.items():
+    c.synth[k] = v
+  return gc.finalize(c)
+
+
+def test_build_writes_records_that_reexecute(tmp_path, sandbox):
+  cfg = small_cfg()
+  card = build.build(cfg, str(tmp_path), sandbox=sandbox, progress=False)
+  s = card["stages"]
+  assert card["contexts"]["used"] == 3 and s["intents"] == 30 and s["executed"] == 90
+  assert card["kept"] == sum(card["splits"].values()) >= 30
+  assert s["ran_ok"] - card["kept"] == sum(
+      v for k, v in card["drop_reasons"].items() if k in ("duplicate_output", "unchanged_input",
+                                                         "empty_output", "no_result"))
+  train = list(records.load_split(card["dataset_dir"], "train"))
+  val = list(records.load_split(card["dataset_dir"], "validation"))
+  assert {r["context_id"] for r in train}.isdisjoint({r["context_id"] for r in val})
+  assert records.card(card["dataset_dir"])["kept"] == card["kept"]
+  r = train[0]
+  assert r["spec_typedesc"].startswith("Inputs:\ndf: DataFrame")
+  assert "Output" in r["spec_io_examples"]
+  assert json.loads(r["variables"])["inputs"]["df"]["type"] == "DataFrame"
+  ctxs, _ = build.load_contexts(cfg.synth, str(tmp_path), cfg.seed)
+  result = build.verify(card["dataset_dir"], ctxs, sandbox)
+  assert result == {"checked": card["kept"], "mismatched": []}
+  assert "kept" in build.summary_table(card)
+
+
+def test_resume_after_interruption_is_identical(tmp_path, sandbox, monkeypatch):
+  cfg = small_cfg()
+  build.build(cfg, str(tmp_path / "a"), sandbox=sandbox, progress=False)
+  real, calls = build.write_shard, []
+
+  def crash_on_second(path, shard):
+    calls.append(path)
+    if len(calls) == 2:
+      raise KeyboardInterrupt("simulated crash")
+    real(path, shard)
+
+  monkeypatch.setattr(build, "write_shard", crash_on_second)
+  with pytest.raises(KeyboardInterrupt):
+    build.build(cfg, str(tmp_path / "b"), sandbox=sandbox, progress=False)
+  monkeypatch.setattr(build, "write_shard", real)
+  card = build.build(cfg, str(tmp_path / "b"), sandbox=sandbox, progress=False)
+  assert card["timing"]["resumed_contexts"] == 1
+  # identical up to the workdir, which `load_code` names
+  a = (tmp_path / "a" / "records.jsonl").read_text().replace(str(tmp_path / "a"), "W")
+  b = (tmp_path / "b" / "records.jsonl").read_text().replace(str(tmp_path / "b"), "W")
+  assert a == b and len(a) > 1000
+  assert records.card(str(tmp_path / "a" / "tfds")) == records.card(str(tmp_path / "b" / "tfds"))
+
+
+class FixedBackend(backends.Backend):
+  """One intent whose samples exercise every filter."""
+  name = "fixed"
+  CODES = [
+      "df[df['x'] > 1",  # syntax_error
+      "for i in range(2):\n  pass",  # no result expression/variable
+      "df['nope']",  # error (KeyError)
+      "while True:\n  pass\nresult = 1",  # timeout
+      "None",  # no_result
+      "df",  # unchanged_input
+      "df[df['x'] > 100]",  # empty_output
+      "df['x'].sum()",  # kept
+      "int(df['x'].sum())",  # duplicate_output of the previous one
+      "result = df['x'].max()",  # kept (assigned result variable)
+  ]
+
+  def intents(self, context, num, seed):
+    return [Intent(context.id, 0, "test", "Sum x.", (), {})]
+
+  def codes(self, context, intents, n, seed):
+    return [list(self.CODES)]
+
+
+def test_filters_record_drop_reasons(sandbox):
+  frame = pd.DataFrame({"x": [1, 2, 3]})
+  ctx = contexts.Context("t/x", [("code", "df.head()", "")], contexts.PRELUDE, {"df": frame},
+                         "csv", inputs={"df": frame})
+  shard = build.process_context(ctx, FixedBackend(), sandbox, small_cfg().synth, 0)
+  assert shard["drops"] == {"syntax_error": 1, "no_result": 2, "error": 1, "timeout": 1,
+                            "unchanged_input": 1, "empty_output": 1, "duplicate_output": 1}
+  kept = {r["code"]: r for r in shard["records"]}
+  assert set(kept) == {"df['x'].sum()", "result = df['x'].max()"}
+  assert "result: int" in kept["result = df['x'].max()"]["spec_typedesc"]
+  assert shard["counts"] == {"intents": 1, "candidates": 10, "executed": 8, "ran_ok": 6,
+                             "kept": 2}
+
+
+def test_split_by_context_is_deterministic_and_nonempty():
+  ids = [f"c{i}" for i in range(20)]
+  s = build.split_of(ids, 0.1)
+  assert s == build.split_of(list(reversed(ids)), 0.1)
+  assert sum(v == "validation" for v in s.values()) == 2
+  assert list(build.split_of(["a", "b"], 0.1).values()).count("validation") == 1
+  assert set(build.split_of(["a"], 0.1).values()) == {"train"}
