@@ -257,22 +257,28 @@ def _start_context(cfg: dict) -> Context:
   """Forks the intermediate A, which unshares namespaces and forks B (pid 1 there) and exits;
   B is re-parented to us (the subreaper). Returns once B sent its layer report."""
   zsock, csock = socket.socketpair()
+  pid_r, pid_w = os.pipe()  # A -> zygote: B's pid (B itself talks on the socket)
   a = os.fork()
   if a == 0:
     try:
       zsock.close()
+      os.close(pid_r)
       layers = {}
       for name, flag in _NAMESPACES:
         layers[name] = cfg["namespaces"] and _libc.unshare(flag) == 0
       b = os.fork()
       if b == 0:
         _context_main(csock, cfg, layers)
-      csock.sendall(struct.pack("!i", b))
+      os.write(pid_w, struct.pack("!i", b))
     finally:
       os._exit(0)
   csock.close()
+  os.close(pid_w)
   os.waitpid(a, 0)
-  (b,) = struct.unpack("!i", zsock.recv(4, socket.MSG_WAITALL))
+  try:
+    (b,) = struct.unpack("!i", _read_exact(pid_r, 4))
+  finally:
+    os.close(pid_r)
   header, _ = recv_msg(zsock.fileno())
   return Context(b, zsock, header["layers"])
 
@@ -317,6 +323,8 @@ def _context_main(sock: socket.socket, cfg: dict, layers: dict) -> None:
     if ns is None:
       os._exit(0)
     _serve_jobs(fd, ns, cfg, layers)
+  except (EOFError, ConnectionError):  # the zygote went away or evicted this context
+    pass
   except BaseException:  # a sandbox bug, not job code: say so on the zygote's stderr
     os.write(2, f"gift sandbox context process: {traceback.format_exc()}".encode())
   os._exit(1)
