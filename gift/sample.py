@@ -20,7 +20,6 @@ sample index only, not on batch composition or batch size.
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import sys
 import time
@@ -113,6 +112,13 @@ def _decode(cfg: ModelConfig, params: Any, state: DecodeState, end_step: Array,
   return jax.lax.while_loop(cond, body, state)
 
 
+# Module-level, so Samplers of the same config share compilations.
+_prefill_jit = jax.jit(_prefill, static_argnums=0, static_argnames=(
+    "max_new_tokens", "top_k", "greedy", "eos_id", "pad_id"))
+_decode_jit = jax.jit(_decode, static_argnums=0, donate_argnums=(2,),
+                      static_argnames=("top_k", "greedy", "eos_id", "pad_id"))
+
+
 class Sampler:
   """Samples completions from a gift model. See the module docstring.
 
@@ -140,16 +146,12 @@ class Sampler:
       self.params = cast(params)
     else:
       from gift import sharding
-      shardings = sharding.param_shardings(mesh, transformer.logical_axes(model_cfg))
+      shardings = sharding.param_shardings(model_cfg, mesh)
       self.row_sharding = sharding.batch_sharding(mesh)
       self.params = jax.jit(cast, out_shardings=shardings)(params)
       dp = mesh.shape.get("data", 1) * mesh.shape.get("fsdp", 1)
       batch_size = -(-batch_size // dp) * dp
     self.batch_size = batch_size
-    self._prefill = jax.jit(functools.partial(_prefill, model_cfg), static_argnames=(
-        "max_new_tokens", "top_k", "greedy", "eos_id", "pad_id"))
-    self._decode = jax.jit(functools.partial(_decode, model_cfg), donate_argnums=(1,),
-                           static_argnames=("top_k", "greedy", "eos_id", "pad_id"))
 
   @classmethod
   def from_checkpoint(cls, ckpt_dir: str, mesh: Any = None, step: int | None = None,
@@ -211,35 +213,41 @@ class Sampler:
         segment_ids_bp[r, p - len(ids):] = 1
       keys_b = jax.vmap(jax.random.fold_in, (None, 0))(
           base_key, jnp.asarray([i * n + j for i, j in batch], jnp.uint32))
-      new_bm = self._run(tokens_bp, segment_ids_bp, keys_b, temperature, top_p, max_new_tokens,
-                         stop, top_k=top_k, greedy=greedy, eos_id=eos, pad_id=pad)
+      new_bm, length_b = self._run(tokens_bp, segment_ids_bp, keys_b, temperature, top_p,
+                                   max_new_tokens, stop, top_k=top_k, greedy=greedy, eos_id=eos,
+                                   pad_id=pad)
       for r, key in enumerate(batch[:len(rows[start:start + self.batch_size])]):
-        row = new_bm[r].tolist()
-        results[key] = row[:row.index(eos)] if eos in row else row
+        results[key] = new_bm[r, :length_b[r]].tolist()
     return [[results[(i, j)] for j in range(n)] for i in range(len(prompt_ids))]
 
   def _run(self, tokens_bp: np.ndarray, segment_ids_bp: np.ndarray, keys_b: Array,
            temperature: float, top_p: float, max_new_tokens: int, stop: Sequence[str],
-           **kw: Any) -> np.ndarray:
-    """Prefill + decode of one batch; returns the generated ids int32 [B, M] (pad-filled)."""
+           **kw: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Prefill + decode of one batch. Returns (ids int32 [B, M], lengths int [B]): row b's
+    completion is ids[b, :lengths[b]] (EOS excluded; through the chunk that hit a stop)."""
     put = (lambda x: jax.device_put(x, self.row_sharding)) if self.row_sharding else jnp.asarray
     temperature, top_p = jnp.float32(temperature), jnp.float32(top_p)
-    state = self._prefill(self.params, put(tokens_bp), put(segment_ids_bp), keys_b, temperature,
-                          top_p, max_new_tokens=max_new_tokens, **kw)
+    state = _prefill_jit(self.cfg, self.params, put(tokens_bp), put(segment_ids_bp), keys_b,
+                         temperature, top_p, max_new_tokens=max_new_tokens, **kw)
     chunk = self.stop_check_every if stop else max_new_tokens
+    stopped_at_b = np.full(tokens_bp.shape[0], max_new_tokens)  # host-detected stop strings
     while True:
       end = min(int(state.step) + chunk, max_new_tokens)
-      state = self._decode(self.params, state, jnp.int32(end), temperature, top_p, **kw)
+      state = _decode_jit(self.cfg, self.params, state, jnp.int32(end), temperature, top_p, **kw)
       step, done_b = int(state.step), np.asarray(state.done_b)
-      if step >= max_new_tokens or done_b.all():
-        return np.asarray(state.tokens_bm)
       tokens_bm = np.asarray(state.tokens_bm)
-      hit_b = np.array([done or _has_stop(self.tokenizer.decode(row[:step]), stop)
-                        for done, row in zip(done_b, tokens_bm)])
-      if hit_b.all():
-        return tokens_bm
-      if (hit_b != done_b).any():
-        state = state._replace(done_b=put(hit_b) if self.row_sharding else jnp.asarray(hit_b))
+      if step >= max_new_tokens or done_b.all():
+        break
+      hit_b = ~done_b & np.array([_has_stop(self.tokenizer.decode(row[:step]), stop)
+                                  for row in tokens_bm])
+      stopped_at_b[hit_b] = step
+      if (done_b | hit_b).all():
+        break
+      if hit_b.any():
+        state = state._replace(done_b=put(done_b | hit_b))
+    eos_b = tokens_bm == kw["eos_id"]
+    length_b = np.where(eos_b.any(axis=1), eos_b.argmax(axis=1), np.minimum(stopped_at_b, step))
+    return tokens_bm, length_b
 
 
 def _has_stop(text: str, stop: Sequence[str]) -> bool:
