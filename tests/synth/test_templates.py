@@ -130,7 +130,7 @@ def check(t, p, df, frames, out):
 def test_every_operation_variant_computes_its_intent(bundled):
   seen = set()
   for ctx in bundled.values():
-    for intent in templates.generate(ctx, 96, seed=0):
+    for intent in templates.generate(ctx, 48, seed=0):
       t = intent.params["template"]
       assert len(intent.codes) >= 2, intent
       for code in intent.codes:
