@@ -150,9 +150,9 @@ def _log_layers(layers: dict, hello: dict) -> None:
            hello["numpy"], hello["pandas"], ", ".join(have) or "none")
   for name, what in LAYERS.items():
     if not layers.get(name):
+      reason = layers.get(f"{name}_error", "")
       log.warning("sandbox: isolation layer missing on this machine: %s%s", what,
-                  f" ({layers['mount_error']})" if name == "mount" and "mount_error" in layers
-                  else "")
+                  f" ({reason})" if reason else "")
   if hello["threads"] != 1:
     log.warning("sandbox: zygote has %d threads at fork time (expected 1)", hello["threads"])
 

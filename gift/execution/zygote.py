@@ -124,12 +124,8 @@ def _mountinfo():
       yield point, fields[5].split(",")
 
 
-def _expose(paths, stage_root: str) -> None:
-  """Makes `paths` (e.g. the interpreter's library dirs) reachable by an unprivileged uid.
-
-  A directory others may not traverse (e.g. /root, mode 700, above a pyenv) is covered by a
-  tmpfs (0755) into which only the children on the way to `paths` are bind-mounted back. Only
-  in this private mount namespace; the real directory is untouched."""
+def _untraversable(paths) -> dict:
+  """{directory others may not traverse: {its children on the way to `paths`}}."""
   blocked = collections.defaultdict(set)
   for path in paths:
     parts = [p for p in os.path.realpath(path).split("/") if p]
@@ -138,7 +134,16 @@ def _expose(paths, stage_root: str) -> None:
       if not os.stat(parent).st_mode & 0o001:
         blocked[parent].add(parts[i])
         break
-  for n, (parent, children) in enumerate(sorted(blocked.items())):
+  return blocked
+
+
+def _expose(paths, stage_root: str) -> None:
+  """Makes `paths` (e.g. the interpreter's library dirs) reachable by an unprivileged uid.
+
+  A directory others may not traverse (e.g. /root, mode 700, above a pyenv) is covered by a
+  tmpfs (0755) into which only the children on the way to `paths` are bind-mounted back. Only
+  in this private mount namespace; the real directory is untouched."""
+  for n, (parent, children) in enumerate(sorted(_untraversable(paths).items())):
     stage = os.path.join(stage_root, f".stage{n}")
     os.mkdir(stage)
     _mount(parent, stage, None, MS_BIND)
@@ -302,7 +307,10 @@ def _context_main(sock: socket.socket, cfg: dict, layers: dict) -> None:
     if layers["uts"]:
       socket.sethostname("sandbox")
     _set_rlimits(cfg["context_rlimits"])
-    if cfg["uid"] is not None:
+    blocked = [] if layers.get("private_tmp") else sorted(_untraversable(cfg["expose"]))
+    if cfg["uid"] is not None and blocked:  # without a mount namespace imports would break
+      layers["uid_error"] = f"{blocked[0]} is not traversable by uid {cfg['uid']}"
+    elif cfg["uid"] is not None:
       _drop_privileges(cfg["uid"], cfg["gid"])
       layers["uid"] = os.getuid()
     _libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)

@@ -321,3 +321,13 @@ def test_isolation_layers_are_active(sb):
   assert v.status == "ok"
   uid, parent_is_ns_init, tmp_entries, _ = v.result
   assert uid == 65534 and parent_is_ns_init and all(e.startswith("job-") for e in tmp_entries)
+
+
+def test_missing_layers_degrade_with_a_warning(caplog):
+  with caplog.at_level("WARNING", logger="gift.execution.sandbox"):
+    with Sandbox(num_workers=1, namespaces=False, timeout_s=5.0) as sandbox:
+      v = sandbox.run(CTX, "import json, os\nresult = (df.a.sum(), json.dumps([1]))")
+      assert v.status == "ok" and v.result == (6, "[1]")
+      assert not sandbox.layers["pid"] and not sandbox.layers.get("private_tmp")
+      assert sandbox.run(CTX, "while True:\n  pass", timeout_s=1.0).status == "timeout"
+  assert "pid namespace" in caplog.text and "read-only root" in caplog.text
