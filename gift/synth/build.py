@@ -42,7 +42,7 @@ from gift.synth import contexts as contexts_lib
 from gift.synth import specs
 
 log = logging.getLogger(__name__)
-SHARD_VERSION = 1
+SHARD_VERSION = 2  # bump when shard contents change meaning
 
 
 def _bar(total: int | None, desc: str, enabled: bool, unit: str = "it"):
@@ -372,8 +372,8 @@ def summary_table(card: dict) -> str:
 
 
 def verify(data_dir: str, ctxs: list[contexts_lib.Context], sandbox: Any) -> dict:
-  """Re-executes every record's code in its context; returns {"checked", "mismatched": [ids]}
-  where a mismatch is a different output fingerprint or a failed run."""
+  """Re-executes every record's code in its context; returns {"checked", "mismatched": [ids],
+  "reasons": {id: why}} where a mismatch is a different output fingerprint or a failed run."""
   from gift.execution.sandbox import Job
 
   by_id = {c.id: c for c in ctxs}
@@ -385,9 +385,13 @@ def verify(data_dir: str, ctxs: list[contexts_lib.Context], sandbox: Any) -> dic
     jobs.append(Job(ctx.code, r["code"], meta["output_var"], ctx.inputs))
     metas.append(meta)
   verdicts = sandbox.run_many(jobs)
-  bad = [r["id"] for r, m, v in zip(rows, metas, verdicts)
-         if not v.has_result or specs.fingerprint(v.result) != m["output_fingerprint"]]
-  return {"checked": len(rows), "mismatched": bad}
+  reasons = {}
+  for r, m, v in zip(rows, metas, verdicts):
+    if not v.has_result:
+      reasons[r["id"]] = f"{v.status}: {v.error_type} {(v.error_message or '')[:100]}"
+    elif specs.fingerprint(v.result) != m["output_fingerprint"]:
+      reasons[r["id"]] = "different output: " + specs.render(v.result, 3, 6, 20, 200)
+  return {"checked": len(rows), "mismatched": sorted(reasons), "reasons": reasons}
 
 
 def main(argv: list[str]) -> int:
@@ -410,7 +414,9 @@ def main(argv: list[str]) -> int:
       probe(ctxs, sandbox)
       result = verify(card["dataset_dir"], ctxs, sandbox)
       print(f"verify: {result['checked']} records re-executed, "
-            f"{len(result['mismatched'])} mismatched {result['mismatched'][:5]}")
+            f"{len(result['mismatched'])} mismatched")
+      for rid in result["mismatched"][:10]:
+        print(f"  {rid}: {result['reasons'][rid]}")
       if result["mismatched"]:
         return 1
   return 0

@@ -214,21 +214,23 @@ def render(value: Any, rows: int = 5, cols: int = 8, cell_chars: int = 24,
 def fingerprint(value: Any) -> str:
   """A stable hash of a value's content (type, shape, labels, cells as text). Two values with
   the same fingerprint show the same result; dtype spellings that survive a data round trip
-  differently (object vs str) do not change it."""
+  differently (object vs str) do not change it, and floats count to 12 significant digits (the
+  last bits of a reduction may differ between runs with different memory alignment)."""
   h = hashlib.sha1(kind(value).encode())
+  csv = dict(float_format="%.12g")
   if isinstance(value, pd.DataFrame):
     h.update(repr(value.shape).encode())
-    h.update(value.to_csv().encode())
+    h.update(value.to_csv(**csv).encode())
   elif isinstance(value, pd.Series):
     h.update(repr((value.shape, str(value.name))).encode())
-    h.update(value.to_csv().encode())
+    h.update(value.to_csv(**csv).encode())
   elif isinstance(value, (pd.Index, np.ndarray)):
     h.update(repr(np.asarray(value).shape).encode())
-    h.update(pd.Series(np.asarray(value).ravel()).to_csv().encode())
+    h.update(pd.Series(np.asarray(value).ravel()).to_csv(**csv).encode())
   else:
     if isinstance(value, np.generic):  # np.int64(5) and 5 are the same answer
       value = value.item()
-    h.update(repr(value).encode())
+    h.update((f"{value:.12g}" if isinstance(value, float) else repr(value)).encode())
   return h.hexdigest()[:16]
 
 
