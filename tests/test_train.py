@@ -176,3 +176,12 @@ def test_init_from_checks_the_model_config_and_starts_from_its_weights(reference
                "--config.train.num_steps=1", "--config.seed=5")
   assert train_lib.main(args) == 0
   assert _losses(str(tmp_path / "b"))[1] < 0.8 * _losses(reference)[1]
+
+
+@pytest.mark.parametrize("spec", ["configs/test_tiny.py", "configs/codegemma_2b_gpu.py",
+                                  "configs/codegemma_2b_gpu.py:7b", "configs/paper_62b_tpu.py"])
+def test_experiment_configs_load_with_the_open_recipe(repo_root, spec):
+  cfg, _ = gc.parse_args([f"--config={repo_root / spec}"])
+  assert cfg.train.batch_size % cfg.train.grad_accum == 0
+  if "test_tiny" not in spec:
+    assert cfg.train.lr == 2e-5 and cfg.train.warmup_steps == 10 and cfg.data.seq_len == 2048
