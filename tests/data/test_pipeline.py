@@ -180,3 +180,21 @@ def test_prefetch_keeps_order_and_reraises():
     raise RuntimeError("boom")
   with pytest.raises(RuntimeError, match="boom"):
     list(pipeline.prefetch(broken(), 2))
+
+
+def test_tfds_records_source_from_config(tmp_path):
+  from gift import config as gc
+  from gift.data import records
+  recs = [{"id": f"c/{i}", "context_id": "c", "context": "# In[ ]:\nimport pandas as pd\n\n",
+           "intent": f"intent {i}", "code": f"df.col{i}.sum()", "spec_typedesc": "TD",
+           "spec_io_examples": "IOE", "spec_io_summary": "IOS", "output_repr": "1",
+           "variables": "{}", "meta": "{}"} for i in range(6)]
+  records.write({"train": recs, "validation": recs[:2]}, str(tmp_path), {})
+  cfg, _ = gc.parse_args([f"--config.data.path={tmp_path}", "--config.data.spec_kind=typedesc"])
+  source = pipeline.make_source(cfg.data, "train", seed=0)
+  assert len(source) == 6 and len(pipeline.make_source(cfg.data, "eval", seed=0)) == 2
+  batch, _ = next(pipeline.Pipeline(source, TOK, 256, 2, [0, 1], seed=0))
+  text = TOK.decode(batch["inputs"][0])
+  assert "# Specification (variable types):\n# TD" in text and "import pandas" in text
+  trained = TOK.decode(batch["targets"][0][batch["loss_mask"][0] == 1])
+  assert trained.startswith("df.col") and ".sum()\n" in trained
