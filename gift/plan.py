@@ -1,0 +1,116 @@
+"""`gift plan --config FILE [--config.x=...] [--num_devices N] [--json]`: size a run, allocate
+nothing.
+
+Shapes come from `jax.eval_shape`; per-device memory from the sharding rules applied to the
+configured mesh sizes (no real mesh is built, so a laptop can plan a pod; when the mesh has a -1,
+`--num_devices` says how many devices fill it, default this host's). Prints the parameter count,
+bytes of parameters, gradients and AdamW state (f32), training FLOPs per token (gift/flops.py),
+and the memory per device.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from typing import Any
+
+import jax
+import numpy as np
+
+from gift import config as config_lib
+from gift import flops, sharding, step
+from gift.model import transformer
+
+
+def _nbytes(x) -> int:
+  return math.prod(x.shape) * np.dtype(x.dtype).itemsize
+
+
+def plan(cfg, num_devices: int | None = None) -> dict[str, Any]:
+  """The plan's figures as a dict (bytes, counts, FLOPs); see the module docstring."""
+  model_cfg = config_lib.model_config(cfg)
+  shapes = transformer.abstract_params(model_cfg)
+  leaves = jax.tree.leaves(shapes)
+  num_params = sum(math.prod(x.shape) for x in leaves)
+  param_bytes = sum(_nbytes(x) for x in leaves)
+  opt_bytes = sum(_nbytes(x) for x in jax.tree.leaves(
+      jax.eval_shape(step.make_optimizer(cfg.train).init, shapes)))
+
+  if num_devices is None:  # a fully specified mesh needs no devices; a -1 takes this host's
+    fixed = [int(cfg.mesh[a]) for a in sharding.MESH_AXES]
+    num_devices = jax.device_count() if -1 in fixed else math.prod(fixed)
+  sizes = sharding.mesh_sizes(cfg.mesh, num_devices)
+  specs = sharding.param_specs(model_cfg, sizes)
+  param_dev = sum(sharding.bytes_per_device(x.shape, x.dtype, spec, sizes) for x, spec in zip(
+      leaves, jax.tree.leaves(specs, is_leaf=lambda s: isinstance(s, jax.sharding.PartitionSpec))))
+  # AdamW's mu and nu follow their parameters; its scalars (counts, hyperparameters) replicate.
+  opt_dev = 2 * param_dev + (opt_bytes - 2 * param_bytes)
+
+  seq_len, batch = cfg.data.seq_len, cfg.train.batch_size
+  rows_dev = batch / cfg.train.grad_accum / (sizes["data"] * sizes["fsdp"])
+  act_bytes = np.dtype(model_cfg.dtype).itemsize
+  # With a remat policy only each layer's input survives the forward pass; the f32 logits and
+  # their gradient are split over the vocabulary by the tensor axis.
+  act_dev = (model_cfg.num_layers * rows_dev * seq_len * model_cfg.d_model * act_bytes
+             + 2 * rows_dev * seq_len * model_cfg.vocab_size * 4 / sizes["tensor"])
+  fpt = flops.train_flops_per_token(model_cfg, seq_len)
+  return dict(
+      model=cfg.model.get("preset", ""), num_params=num_params,
+      matmul_params=flops.matmul_params(model_cfg),
+      param_bytes=param_bytes, grad_bytes=param_bytes, opt_state_bytes=opt_bytes,
+      flops_per_token=fpt, attention_flops_per_token=flops.attention_flops_per_token(
+          model_cfg, seq_len),
+      seq_len=seq_len, global_batch=batch, grad_accum=cfg.train.grad_accum,
+      flops_per_step=fpt * batch * seq_len,
+      mesh=sizes, num_devices=math.prod(sizes.values()),
+      per_device=dict(params=param_dev, grads=param_dev, opt_state=opt_dev,
+                      states_total=2 * param_dev + opt_dev, rows_per_microbatch=rows_dev,
+                      activations_estimate=int(act_dev)),
+  )
+
+
+def _gib(n: float) -> str:
+  return f"{n / 2**30:,.2f} GiB"
+
+
+def format_plan(p: dict[str, Any], model_cfg) -> str:
+  m, d = model_cfg, p["per_device"]
+  lines = [
+      f"model {p['model'] or '(custom)'}: L={m.num_layers} D={m.d_model} N={m.num_heads} "
+      f"K={m.num_kv_heads} H={m.head_dim} F={m.mlp_dim} ({m.mlp_activation}) V={m.vocab_size} "
+      f"{'tied' if m.tie_embeddings else 'untied'}; compute {m.dtype}, remat {m.remat_policy}",
+      f"parameters            {p['num_params'] / 1e9:,.3f} B ({p['num_params']:,})",
+      f"  params (f32)        {_gib(p['param_bytes'])}",
+      f"  grads (f32)         {_gib(p['grad_bytes'])}",
+      f"  AdamW state (f32)   {_gib(p['opt_state_bytes'])}",
+      f"FLOPs per token       {p['flops_per_token']:.4g} = 6 x {p['matmul_params']:,} matmul "
+      f"params + causal attention 6*L*T*N*H = {p['attention_flops_per_token']:.4g} "
+      f"(T={p['seq_len']})",
+      f"FLOPs per step        {p['flops_per_step']:.4g} ({p['global_batch']} rows x "
+      f"{p['seq_len']} tokens)",
+      f"mesh                  {p['mesh']} = {p['num_devices']} devices",
+      "per device:",
+      f"  params              {_gib(d['params'])}",
+      f"  grads               {_gib(d['grads'])}",
+      f"  AdamW state         {_gib(d['opt_state'])}",
+      f"  states total        {_gib(d['states_total'])}",
+      f"  activations (est.)  {_gib(d['activations_estimate'])} ({d['rows_per_microbatch']:g} "
+      "rows/microbatch; saved layer inputs + f32 logits and their gradient)",
+  ]
+  return "\n".join(lines)
+
+
+def main(argv: list[str]) -> int:
+  cfg, rest = config_lib.parse_args(argv)
+  parser = argparse.ArgumentParser(prog="gift plan", description=__doc__.split("\n\n")[0])
+  parser.add_argument("--num_devices", type=int, default=None,
+                      help="devices that fill the mesh's -1 axis (default: this host's)")
+  parser.add_argument("--json", action="store_true", help="print the figures as JSON")
+  args = parser.parse_args(rest)
+  try:
+    p = plan(cfg, args.num_devices)
+  except ValueError as e:
+    print(f"gift plan: {e}. Pass --num_devices N to plan for N devices.")
+    return 2
+  print(json.dumps(p, indent=1) if args.json else format_plan(p, config_lib.model_config(cfg)))
+  return 0

@@ -1,0 +1,63 @@
+"""`gift plan` and gift/flops.py: parameter count, bytes, FLOPs per token, memory per device."""
+import json
+
+import pytest
+
+from gift import config as gc
+from gift import flops, plan
+from gift.model import presets
+
+
+def _cfg(preset, **mesh):
+  c = gc.base_config()
+  gc.with_preset(c, preset)
+  c.mesh.update(mesh)
+  c.data.seq_len = 2048
+  c.train.batch_size = 256
+  return gc.finalize(c)
+
+
+def test_paper_62b_has_62b_parameters_and_sharded_memory():
+  p = plan.plan(_cfg("paper_62b", data=1, fsdp=64, tensor=4))
+  assert abs(p["num_params"] - 62e9) <= 0.03 * 62e9
+  assert p["param_bytes"] == 4 * p["num_params"]
+  assert p["opt_state_bytes"] >= 8 * p["num_params"]  # AdamW mu + nu in f32
+  # Every big matrix is split 256 ways (embed over fsdp, heads/mlp/vocab over tensor); with
+  # MQA the single kv head is replicated over tensor (+17 MB), so slightly more than 1/256 stays.
+  assert p["param_bytes"] / 256 < p["per_device"]["params"] < 1.02 * p["param_bytes"] / 256
+  assert p["num_devices"] == 256
+  assert p["per_device"]["rows_per_microbatch"] == 4
+
+
+def test_flops_per_token_is_maxtext_formula():
+  m = presets.get_preset("test_tiny")  # L=2 D=64 N=4 K=2 H=16 F=128 V=512
+  per_layer = 64 * 4 * 16 + 2 * 64 * 2 * 16 + 4 * 16 * 64 + 3 * 64 * 128
+  assert flops.matmul_params(m) == 2 * per_layer + 64 * 512
+  attention = 6 * 2 * 128 * 4 * 16  # 6 * L * T * N * H
+  assert flops.train_flops_per_token(m, 128) == 6 * (2 * per_layer + 64 * 512) + attention
+  p = plan.plan(_cfg("test_tiny", data=1, fsdp=-1, tensor=1), num_devices=8)
+  assert p["flops_per_token"] == flops.train_flops_per_token(m, 2048)
+  assert p["mesh"] == dict(data=1, fsdp=8, tensor=1)
+
+
+@pytest.mark.parametrize("kind,peak", [
+    ("TPU v4", 275e12), ("TPU v5 lite", 197e12), ("TPU v5", 459e12), ("TPU v5p", 459e12),
+    ("TPU v6 lite", 918e12), ("NVIDIA H100 80GB HBM3", 989e12), ("NVIDIA H100 PCIe", 756e12),
+    ("NVIDIA H200", 989e12), ("NVIDIA A100-SXM4-80GB", 312e12), ("NVIDIA L4", 121e12),
+    ("cpu", None), ("TFRT_CPU_0", None)])
+def test_peak_flops_by_device_kind(kind, peak):
+  assert flops.peak_flops(kind) == peak
+
+
+def test_main_prints_plan_and_json(capsys):
+  assert plan.main(["--config=configs/paper_62b_tpu.py", "--num_devices", "128"]) == 0
+  out = capsys.readouterr().out
+  assert "62.4" in out or "62.5" in out
+  assert "per device" in out
+  assert plan.main(["--config.mesh.fsdp=2", "--num_devices", "2", "--json"]) == 0
+  assert json.loads(capsys.readouterr().out)["mesh"] == dict(data=1, fsdp=2, tensor=1)
+
+
+def test_main_explains_a_mesh_the_devices_cannot_fill(capsys):
+  assert plan.main(["--config.mesh.tensor=3", "--num_devices", "8"]) == 2
+  assert "--num_devices" in capsys.readouterr().out
