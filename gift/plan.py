@@ -95,7 +95,9 @@ def format_plan(p: dict[str, Any], model_cfg) -> str:
       f"  AdamW state         {_gib(d['opt_state'])}",
       f"  states total        {_gib(d['states_total'])}",
       f"  activations (est.)  {_gib(d['activations_estimate'])} ({d['rows_per_microbatch']:g} "
-      "rows/microbatch; saved layer inputs + f32 logits and their gradient)",
+      "rows/microbatch; saved layer inputs + f32 logits and their gradient"
+      + ("" if m.remat_policy in ("full", "nothing_saveable") else
+         f"; a lower bound: remat {m.remat_policy} saves more") + ")",
   ]
   return "\n".join(lines)
 

@@ -49,8 +49,9 @@ def test_peak_flops_by_device_kind(kind, peak):
   assert flops.peak_flops(kind) == peak
 
 
-def test_main_prints_plan_and_json(capsys):
-  assert plan.main(["--config=configs/paper_62b_tpu.py", "--num_devices", "128"]) == 0
+def test_main_prints_plan_and_json(capsys, repo_root):
+  config_file = repo_root / "configs" / "paper_62b_tpu.py"
+  assert plan.main([f"--config={config_file}", "--num_devices", "128"]) == 0
   out = capsys.readouterr().out
   assert "62.4" in out or "62.5" in out
   assert "per device" in out
