@@ -140,25 +140,32 @@ class Sampler:
     self.buckets = tuple(sorted(buckets))
     self.stop_check_every = stop_check_every
     dtype = jnp.dtype(model_cfg.dtype)
-    cast = jax.jit(lambda p: jax.tree.map(lambda x: x.astype(dtype), p))
-    if mesh is None:
-      self.row_sharding = None
-      self.params = cast(params)
-    else:
+    shardings, self.row_sharding = None, None
+    if mesh is not None:
       from gift import sharding
       shardings = sharding.param_shardings(model_cfg, mesh)
       self.row_sharding = sharding.batch_sharding(mesh)
-      self.params = jax.jit(cast, out_shardings=shardings)(params)
       dp = mesh.shape.get("data", 1) * mesh.shape.get("fsdp", 1)
       batch_size = -(-batch_size // dp) * dp
+    if all(x.dtype == dtype for x in jax.tree.leaves(params)):
+      # No cast, so no copy (a jitted identity would hold an f32 7B model twice).
+      self.params = jax.device_put(params, shardings)
+    else:
+      self.params = jax.jit(lambda p: jax.tree.map(lambda x: x.astype(dtype), p),
+                            out_shardings=shardings)(params)
     self.batch_size = batch_size
 
   @classmethod
   def from_checkpoint(cls, ckpt_dir: str, mesh: Any = None, step: int | None = None,
                       **kw: Any) -> "Sampler":
+    """Loads a gift checkpoint (restored straight into the mesh's shardings when given)."""
     from gift import checkpoint
     from gift import tokenizer as tokenizer_lib
-    cfg, params, tok_path = checkpoint.load_model(ckpt_dir, step=step)
+    shardings = None
+    if mesh is not None:
+      from gift import sharding
+      shardings = sharding.param_shardings(checkpoint.read_model_config(ckpt_dir), mesh)
+    cfg, params, tok_path = checkpoint.load_model(ckpt_dir, step=step, shardings=shardings)
     return cls(cfg, params, tokenizer_lib.load(tok_path, cfg.vocab_size), mesh=mesh, **kw)
 
   def _bucket(self, length: int) -> int:
