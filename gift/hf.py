@@ -397,7 +397,7 @@ def import_main(argv: list[str]) -> int:
   tok = os.path.join(args.hf_dir, "tokenizer.model")
   checkpoint.save_model(args.out, cfg, params, tokenizer_path=tok if os.path.exists(tok) else None)
   n = sum(x.size for x in _leaves(params))
-  print(f"imported {args.hf_dir} -> {args.out}: {n / 1e6:.1f}M params, {cfg}")
+  print(f"imported {args.hf_dir} -> {args.out}: {n:,} params, {cfg}")
   return 0
 
 
