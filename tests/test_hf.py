@@ -211,3 +211,18 @@ def _leaves(tree):
   if isinstance(tree, dict):
     return [x for k in sorted(tree) for x in _leaves(tree[k])]
   return [np.asarray(tree)]
+
+
+def test_import_peak_memory_is_about_one_copy_of_the_params(tmp_path):
+  import tracemalloc
+  cfg = transformers.LlamaConfig(vocab_size=2000, hidden_size=128, intermediate_size=352,
+                                 num_hidden_layers=6, num_attention_heads=4)
+  transformers.LlamaForCausalLM(cfg).to(torch.bfloat16).save_pretrained(tmp_path / "m")
+  tracemalloc.start()
+  try:
+    _, params = hf.import_hf(str(tmp_path / "m"))
+    peak = tracemalloc.get_traced_memory()[1]
+  finally:
+    tracemalloc.stop()
+  total = sum(x.nbytes for x in _leaves(params))
+  assert peak < 1.2 * total, (peak, total)  # f32 stacks + one tensor in flight, not 2x
