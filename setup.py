@@ -27,6 +27,7 @@ setup(
         "tqdm>=4.66",
         "tensorboardX>=2.6",
         "safetensors>=0.4.5",
+        "ml_dtypes>=0.5.0",
         "nbformat>=5.10",
         "matplotlib>=3.8",
         "pyseccomp>=0.1.2",
