@@ -19,6 +19,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
+import shutil
 import signal
 import time
 from typing import Any, Mapping
@@ -106,6 +108,22 @@ def _quarantine(directory: str, step: int) -> None:
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils
     multihost_utils.sync_global_devices(f"gift_quarantine_{step}")
+
+
+def _remove_unfinished(directory: str) -> None:
+  """Deletes step folders that a killed run left half-written (Orbax's `*.orbax-checkpoint-tmp*`).
+
+  Done once, synchronously, by process 0, rather than by Orbax on every manager construction
+  (several managers cleaning up the same folder concurrently race each other).
+  """
+  if jax.process_index() == 0 and os.path.isdir(directory):
+    for name in os.listdir(directory):
+      if re.fullmatch(r"\d+\.orbax-checkpoint-tmp.*", name):
+        log.warning("removing unfinished checkpoint %s", os.path.join(directory, name))
+        shutil.rmtree(os.path.join(directory, name), ignore_errors=True)
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices("gift_remove_unfinished")
 
 
 def _restore_with_fallback(directory: str, make_manager, restore_step, step: int | None,
@@ -227,7 +245,8 @@ class TrainCheckpointer:
     self.directory, self.every = os.path.abspath(workdir), every
     self._options = ocp.CheckpointManagerOptions(
         max_to_keep=keep or None,
-        enable_async_checkpointing=async_save, create=True, cleanup_tmp_directories=True)
+        enable_async_checkpointing=async_save, create=True)
+    _remove_unfinished(self.directory)
     self._manager = self._make_manager()
     self._sigterm = False
     if handle_sigterm and jax.process_count() == 1:

@@ -136,3 +136,18 @@ def test_sigterm_marks_preemption(tmp_path):
     ckpt.close()
   finally:
     signal.signal(signal.SIGTERM, previous)
+
+
+def test_unfinished_step_left_by_a_killed_save_is_removed(tmp_path):
+  ckpt = ck.TrainCheckpointer(str(tmp_path), every=1, keep=3, handle_sigterm=False)
+  ckpt.save(1, _state(1))
+  ckpt.close()
+  unfinished = tmp_path / "2.orbax-checkpoint-tmp-1234" / "params" / "ocdbt.process_0"
+  unfinished.mkdir(parents=True)
+  (unfinished / "d").write_bytes(b"half")
+  ckpt = ck.TrainCheckpointer(str(tmp_path), every=1, keep=3, handle_sigterm=False)
+  step, _ = ckpt.restore_latest(_abstract(_state(), NamedSharding(
+      jax.make_mesh((8,), ("fsdp",)), P())))
+  ckpt.save(2, _state(2))
+  ckpt.close()
+  assert step == 1 and sorted(os.listdir(tmp_path)) == ["1", "2"]
