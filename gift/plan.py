@@ -70,7 +70,15 @@ def plan(cfg, num_devices: int | None = None) -> dict[str, Any]:
 
 
 def _gib(n: float) -> str:
-  return f"{n / 2**30:,.2f} GiB"
+  """Bytes in GiB, or MiB below 1 GiB."""
+  return f"{n / 2**30:,.2f} GiB" if n >= 2**30 else f"{n / 2**20:,.2f} MiB"
+
+
+def _count(n: int) -> str:
+  for scale, unit in ((1e9, "B"), (1e6, "M"), (1e3, "K")):
+    if n >= scale:
+      return f"{n / scale:,.3f} {unit}"
+  return str(n)
 
 
 def format_plan(p: dict[str, Any], model_cfg) -> str:
@@ -79,7 +87,7 @@ def format_plan(p: dict[str, Any], model_cfg) -> str:
       f"model {p['model'] or '(custom)'}: L={m.num_layers} D={m.d_model} N={m.num_heads} "
       f"K={m.num_kv_heads} H={m.head_dim} F={m.mlp_dim} ({m.mlp_activation}) V={m.vocab_size} "
       f"{'tied' if m.tie_embeddings else 'untied'}; compute {m.dtype}, remat {m.remat_policy}",
-      f"parameters            {p['num_params'] / 1e9:,.3f} B ({p['num_params']:,})",
+      f"parameters            {_count(p['num_params'])} ({p['num_params']:,})",
       f"  params (f32)        {_gib(p['param_bytes'])}",
       f"  grads (f32)         {_gib(p['grad_bytes'])}",
       f"  AdamW state (f32)   {_gib(p['opt_state_bytes'])}",

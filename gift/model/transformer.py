@@ -146,13 +146,14 @@ def param_count(cfg: ModelConfig) -> int:
   return sum(math.prod(x.shape) for x in jax.tree.leaves(abstract_params(cfg)))
 
 
-def _remat(fn, policy: str):
+def _remat(fn, policy: str, in_scan: bool):
   if policy == "none":
     return fn
   if policy not in REMAT_POLICIES:
     raise ValueError(f"model.remat_policy={policy!r}; expected 'none' or one of "
                      f"{sorted(REMAT_POLICIES)}")
-  return jax.checkpoint(fn, policy=REMAT_POLICIES[policy], prevent_cse=False)
+  # Under scan, CSE cannot undo the rematerialization, so jax.checkpoint need not block it.
+  return jax.checkpoint(fn, policy=REMAT_POLICIES[policy], prevent_cse=not in_scan)
 
 
 def apply(cfg: ModelConfig, params: Params, tokens_bt: Array, positions_bt: Array,
@@ -206,7 +207,7 @@ def apply(cfg: ModelConfig, params: Params, tokens_bt: Array, positions_bt: Arra
       return x_btd, None
     return x_btd, (k_btkh, v_btkh)
 
-  block = _remat(block, cfg.remat_policy)
+  block = _remat(block, cfg.remat_policy, cfg.scan_layers)
   xs = (params["layers"], None, None) if cache is None else (params["layers"], cache.k, cache.v)
   if cfg.scan_layers:
     x_btd, new_kv = jax.lax.scan(block, x_btd, xs)
