@@ -178,7 +178,7 @@ def _run(sandbox: Sandbox, jobs: list[Job], desc: str, progress: bool) -> list[V
   """`run_many` in chunks so that a progress bar can move."""
   if not jobs:
     return []
-  chunk = 8 * len(getattr(sandbox, "_workers", [None]))
+  chunk = 32
   from tqdm.auto import tqdm
   out: list[Verdict] = []
   with tqdm(total=len(jobs), desc=desc, disable=not progress, unit="job") as bar:
