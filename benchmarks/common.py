@@ -1,0 +1,113 @@
+"""Shared helpers for the benchmark scripts: run header, f32 matmul peak, fair interleaved timing,
+markdown tables.
+
+Each benchmark runs gift and its peer in one process and prints a markdown block for
+BENCHMARKS.md: `header()` (command, date, machine, versions), then `table()` rows.
+"""
+from __future__ import annotations
+
+import datetime
+import importlib.metadata
+import os
+import platform
+import shlex
+import statistics
+import sys
+import time
+from typing import Callable, Sequence
+
+
+def cpu_name() -> str:
+  """The CPU model string (/proc/cpuinfo), else platform.processor()."""
+  try:
+    with open("/proc/cpuinfo") as f:
+      for line in f:
+        if line.startswith("model name"):
+          return line.split(":", 1)[1].strip()
+  except OSError:
+    pass
+  return platform.processor() or platform.machine()
+
+
+def header(packages: Sequence[str] = ("jax", "jaxlib", "flax", "optax", "torch", "transformers"),
+           ) -> str:
+  """Markdown lines: exact command, UTC date, machine (CPU, cores), package versions."""
+  versions = []
+  for name in packages:
+    try:
+      versions.append(f"{name} {importlib.metadata.version(name)}")
+    except importlib.metadata.PackageNotFoundError:
+      versions.append(f"{name} (not installed)")
+  argv = [os.path.relpath(sys.argv[0])] + sys.argv[1:] if sys.argv[0] else sys.argv[1:]
+  flags = os.environ.get("XLA_FLAGS", "").strip()
+  return "\n".join([
+      f"- command: `{shlex.join(['python', *argv])}`",
+      f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC",
+      f"- machine: {cpu_name()}, {os.cpu_count()} cores, {platform.system()} "
+      f"{platform.release()}, Python {platform.python_version()}",
+      f"- versions: {', '.join(versions)}",
+      f"- XLA_FLAGS: `{flags}`" if flags else "- XLA_FLAGS: (none)",
+  ])
+
+
+def matmul_peak(n: int = 2048, seconds: float = 2.0) -> dict[str, float]:
+  """Achieved f32 FLOP/s of a square [n, n] @ [n, n] matmul in JAX (XLA) and in PyTorch, each
+  the best of repeated timed calls over about `seconds`. The max of the two is this machine's
+  measured matmul peak, the denominator of MFU in the benchmarks."""
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+  import torch
+
+  flops = 2.0 * n ** 3
+  a = np.random.default_rng(0).standard_normal((n, n), dtype=np.float32)
+  dot = jax.jit(jnp.dot)
+  a_jax = jnp.asarray(a)
+  a_torch = torch.from_numpy(a)
+  runs = {"jax": lambda: dot(a_jax, a_jax).block_until_ready(),
+          "torch": lambda: torch.mm(a_torch, a_torch)}
+  out = {}
+  for name, fn in runs.items():
+    fn()  # compile / warm the kernels
+    best, deadline = float("inf"), time.perf_counter() + seconds
+    while time.perf_counter() < deadline:
+      t0 = time.perf_counter()
+      fn()
+      best = min(best, time.perf_counter() - t0)
+    out[name] = flops / best
+  return out
+
+
+def interleaved_windows(runners: dict[str, Callable[[int], None]], steps: int, windows: int,
+                        pause_s: float = 0.2) -> dict[str, list[float]]:
+  """Seconds per step of each runner, one value per window.
+
+  `runners[name](k)` runs k steps and returns once they are finished (blocked on results). The
+  runners take turns window by window, in an order that rotates each round, so slow drift of a
+  shared machine (other jobs, thermal) hits all of them alike; `pause_s` between windows lets one
+  library's spinning worker threads go idle before the next one starts.
+  """
+  names = list(runners)
+  times: dict[str, list[float]] = {name: [] for name in names}
+  for w in range(windows):
+    for name in names[w % len(names):] + names[:w % len(names)]:
+      time.sleep(pause_s)
+      t0 = time.perf_counter()
+      runners[name](steps)
+      times[name].append((time.perf_counter() - t0) / steps)
+  return times
+
+
+def median(xs: Sequence[float]) -> float:
+  return statistics.median(xs)
+
+
+def table(columns: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+  """A markdown table; floats are printed with 3 significant digits (ints as they are)."""
+  def cell(v):
+    if isinstance(v, float):
+      return f"{v:,.0f}" if abs(v) >= 1000 else f"{v:.3g}"
+    return str(v)
+  lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
+  lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+  return "\n".join(lines)

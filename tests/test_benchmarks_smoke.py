@@ -1,0 +1,39 @@
+"""The benchmark scripts run end to end at a tiny size and print their tables (so they cannot rot).
+
+Each runs in a subprocess without the test suite's 8 fake CPU devices, as a user would run it.
+"""
+import math
+import os
+import re
+import subprocess
+import sys
+
+
+def _run(repo_root, script, *args, timeout=240):
+  env = dict(os.environ)
+  env["XLA_FLAGS"] = " ".join(f for f in env.get("XLA_FLAGS", "").split()
+                              if "xla_force_host_platform_device_count" not in f)
+  proc = subprocess.run([sys.executable, str(repo_root / "benchmarks" / script), *args],
+                        cwd=repo_root, env=env, capture_output=True, text=True, timeout=timeout)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  return proc.stdout
+
+
+def test_bench_train_tiny_prints_table_with_ratio(repo_root):
+  vocab = 512
+  out = _run(repo_root, "bench_train.py", "--vocab", str(vocab), "--d_model", "64", "--layers",
+             "2", "--heads", "2", "--kv_heads", "1", "--head_dim", "32", "--mlp", "128",
+             "--batch", "2", "--seq", "32", "--attn", "sdpa", "--warmup", "1", "--steps", "1",
+             "--windows", "2", "--peak_n", "256", "--peak_s", "0.2")
+  assert "- command: `python benchmarks/bench_train.py --vocab 512" in out
+  assert "gift devices: [CpuDevice(id=0)]" in out  # one real device, no fake ones
+  rows = {m.group(1).strip(): m.group(2) for m in re.finditer(r"^\| (gift[^|]*|transformers[^|]*)"
+                                                                 r"\|(.*)\|$", out, re.M)}
+  assert set(rows) == {"gift (JAX)", "transformers + torch (sdpa) (reference)"}, out
+  for cells in rows.values():
+    step_ms, _, tokens_s, tflops, mfu, _, loss = [c.strip() for c in cells.split("|")]
+    assert float(step_ms) > 0 and float(tokens_s.replace(",", "")) > 0 and float(tflops) >= 0
+    assert 0 <= float(mfu.rstrip("%")) < 100
+    assert abs(float(loss) - math.log(vocab)) < 1.5  # both models start near uniform
+  ratio = float(re.search(r"throughput ratio: ([\d.]+)x", out).group(1))
+  assert ratio > 0
