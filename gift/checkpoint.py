@@ -218,7 +218,16 @@ def load_model(ckpt_dir: str, step: int | None = None, shardings: Any = None
     return manager.restore(s, args=ocp.args.Composite(
         params=ocp.args.StandardRestore(abstract)))["params"]
 
-  found, params = _restore_with_fallback(ckpt_dir, make_manager, restore, step, quarantine=False)
+  # Orbax warns about every other item (opt_state, data) of a training workdir that this
+  # params-only read leaves alone; that is the intent here, not a problem worth printing.
+  from absl import logging as absl_logging
+  verbosity = absl_logging.get_verbosity()
+  absl_logging.set_verbosity(absl_logging.ERROR)
+  try:
+    found, params = _restore_with_fallback(ckpt_dir, make_manager, restore, step,
+                                           quarantine=False)
+  finally:
+    absl_logging.set_verbosity(verbosity)
   if found is None:
     raise FileNotFoundError(f"{ckpt_dir} holds no readable checkpoint step "
                             f"(expected a <step>/params folder)")
