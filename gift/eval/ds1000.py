@@ -35,8 +35,8 @@ from typing import Any, Callable, Iterable, Sequence
 from gift.data import prompts as prompts_lib
 from gift.execution.sandbox import Job, Sandbox, Verdict
 
-DEFAULT_PATH = os.path.join(os.path.dirname(__file__), "..", "..", "..", "shared", "datasets",
-                            "ds1000", "ds1000_pandas.jsonl")
+DEFAULT_PATH = os.path.normpath(os.path.join(os.path.dirname(__file__), "..", "..", "..", "shared",
+                                             "datasets", "ds1000", "ds1000_pandas.jsonl"))
 PERTURBATIONS = ("Origin", "Surface", "Semantic", "Difficult-Rewrite")
 # Where sampling stops: the end of the completion slot in DS-1000's prompt formats.
 STOP = ("</code>", "# SOLUTION END", "\nEND SOLUTION", "### END SOLUTION")
