@@ -220,11 +220,11 @@ def apply(cfg: ModelConfig, params: Params, tokens_bt: Array, positions_bt: Arra
 
   x_btd = layers.rms_norm(x_btd, params["final_norm"]["scale"], cfg.norm_eps, cfg.norm_plus_one)
   if cfg.tie_embeddings:
-    logits_btv = jnp.einsum("btd,vd->btv", x_btd, params["embedder"]["embedding"].astype(dtype),
-                            preferred_element_type=jnp.float32)
+    logits_btv = layers.dense(x_btd, params["embedder"]["embedding"].astype(dtype).T,
+                              preferred_element_type=jnp.float32)
   else:
-    logits_btv = jnp.einsum("btd,dv->btv", x_btd, params["unembed"].astype(dtype),
-                            preferred_element_type=jnp.float32)
+    logits_btv = layers.dense(x_btd, params["unembed"].astype(dtype),
+                              preferred_element_type=jnp.float32)
   if cache is not None:
     cache = KVCache(new_kv[0], new_kv[1], kv_segment_bs, cache.index + t)
   return logits_btv, cache
