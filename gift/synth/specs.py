@@ -188,7 +188,10 @@ def render(value: Any, rows: int = 5, cols: int = 8, cell_chars: int = 24,
     series = value if isinstance(value, pd.Series) else pd.Series(value, name=value.name)
     head = series.iloc[:rows]
     if head.dtype == object or pd.api.types.is_string_dtype(head):
-      head = head.map(lambda v: v if v is None or v != v else _cell(v, cell_chars))
+      # Missing scalars keep pandas' NaN/None spelling; cells may also hold arrays or lists,
+      # whose `v != v` is element-wise, so test missingness only for scalars.
+      head = head.map(lambda v: v if pd.api.types.is_scalar(v) and pd.isna(v)
+                      else _cell(v, cell_chars))
     text = head.to_string()
     if series.name is not None:
       text += f"\nName: {series.name}"

@@ -80,3 +80,16 @@ def test_describe_is_json_able(df):
   d = specs.describe(df.set_index("region"))
   assert d["shape"] == [4, 2] and d["index"] == ["region"]
   json.dumps([d, specs.describe(np.zeros((2, 3))), specs.describe([1, 2])])
+
+
+def test_render_series_of_arrays_and_missing_cells():
+  """Object cells may hold arrays/lists (element-wise `!=`, DS-1000 problem 4's spec); only
+  scalar missing values keep their NaN/None spelling."""
+  s = pd.Series([np.array([1.0, np.nan]), [1, 2], None, np.nan, pd.NaT, "x" * 40], name="v")
+  text = specs.render(s, rows=10, cell_chars=10)
+  lines = text.splitlines()
+  assert lines[0].split(None, 1)[1] == "[ 1. nan]" and lines[1].endswith("[1, 2]")
+  assert [ln.split()[1] for ln in lines[2:5]] == ["None", "NaN", "NaT"]
+  assert lines[5].endswith("xxxxxxx...") and text.endswith("Name: v")
+  assert specs.render(pd.Index([np.array([1, 2]), "a"], dtype=object)).splitlines()[0].endswith(
+      "[1 2]")
