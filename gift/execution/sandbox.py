@@ -18,8 +18,9 @@ and logged once (a missing layer is a logged warning, never silent):
 
 - pid, network, mount, IPC and UTS namespaces per context process: the job sees only its own
   processes, has no network interface but a down loopback, a read-only view of the whole file
-  system except a private tmpfs `/tmp` (its scratch dir, also its cwd) and `/dev/shm`. As pid 1
-  of its namespace, the context process kills everything left after each job.
+  system except a private tmpfs `/tmp` (its scratch dir, also its cwd) and `/dev/shm`; the
+  interpreter's own directories under `/tmp` (e.g. a runtime venv there) stay visible,
+  read-only. As pid 1 of its namespace, the context process kills everything left after each job.
 - an unprivileged uid/gid (65534) when the caller is root (directories others may not traverse,
   like /root above a pyenv, are re-exposed read-only so the interpreter's libraries import).
 - hard rlimits (soft == hard): address space, CPU seconds, file size, open files, processes,

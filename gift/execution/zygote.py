@@ -159,10 +159,39 @@ def _expose(paths, stage_root: str) -> None:
     os.rmdir(stage)
 
 
+def _below(root: str, paths) -> list:
+  """The `paths` inside `root` (each as given and resolved), outermost only, sorted."""
+  found = sorted({q for p in paths for q in (os.path.abspath(p), os.path.realpath(p))
+                  if q.startswith(root + "/") and os.path.exists(q)})
+  outer = []
+  for q in found:
+    if not any(q.startswith(o + "/") for o in outer):
+      outer.append(q)
+  return outer
+
+
 def _setup_mounts(cfg: dict, layers: dict) -> None:
-  """Private mount tree: everything read-only except fresh tmpfs /tmp and /dev/shm."""
+  """Private mount tree: everything read-only except fresh tmpfs /tmp and /dev/shm.
+
+  The interpreter's own directories that live under /tmp (e.g. a runtime venv created there)
+  are bind-mounted back into the fresh /tmp from the old one, reached through a descriptor
+  opened before the tmpfs covered it; they end up read-only like the rest."""
   _mount(None, "/", None, MS_REC | MS_PRIVATE)
-  _mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, f"size={cfg['scratch_mb']}m,mode=1777")
+  keep = _below("/tmp", cfg["expose"])
+  old_tmp = os.open("/tmp", os.O_PATH | os.O_DIRECTORY)
+  try:
+    _mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV,
+           f"size={cfg['scratch_mb']}m,mode=1777")
+    for path in keep:
+      src = f"/proc/self/fd/{old_tmp}/{os.path.relpath(path, '/tmp')}"
+      if os.path.isdir(src):
+        os.makedirs(path, mode=0o755)
+      else:
+        os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
+        open(path, "w").close()
+      _mount(src, path, None, MS_BIND | MS_REC)
+  finally:
+    os.close(old_tmp)
   if cfg["uid"] is not None:
     _expose(cfg["expose"], "/tmp")
   if layers.get("pid"):
@@ -682,7 +711,10 @@ def main() -> None:
   _WARNING_FILTERS = list(warnings.filters)
   frame = pd.DataFrame({"a": [1, 2], "b": ["x", "y"]})  # load pandas' lazy modules once, here
   frame.merge(frame.groupby("a", as_index=False).size(), on="a").sort_values("b")["b"].str.upper()
-  cfg["expose"] = sorted({p for p in sys.path if p and os.path.isdir(p)})
+  # Directories the jobs' imports read: the interpreter's prefixes (a venv root and the base
+  # installation) and its import path.
+  roots = [sys.prefix, sys.exec_prefix, sys.base_prefix, sys.base_exec_prefix, *sys.path]
+  cfg["expose"] = sorted({p for p in roots if p and os.path.isdir(p)})
   zygote = Zygote(cfg)
   probe = _start_context(cfg)  # detect which layers this machine supports
   probe.kill()

@@ -2,9 +2,13 @@
 forks are bounded, file-system probes only touch canary dirs these tests create, sockets only
 go to a port the test itself listens on or to TEST-NET (192.0.2.1, never routed), with short
 timeouts. After every attack a control job must still pass in the same pool."""
+import glob
 import os
+import shutil
 import signal
 import socket
+import subprocess
+import sys
 import tempfile
 import time
 
@@ -321,6 +325,29 @@ def test_isolation_layers_are_active(sb):
   assert v.status == "ok"
   uid, parent_is_ns_init, tmp_entries, _ = v.result
   assert uid == 65534 and parent_is_ns_init and all(e.startswith("job-") for e in tmp_entries)
+
+
+def test_an_interpreter_under_tmp_still_imports_behind_the_private_tmp():
+  """A runtime venv created under /tmp (here below a mode-0700 dir, like pytest's) stays
+  visible, read-only, inside the jobs' private tmpfs /tmp: modules load lazily from it."""
+  root = tempfile.mkdtemp(dir="/tmp", prefix="gift-venv-test-")  # mode 0700
+  try:
+    venv = os.path.join(root, "venv")
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", "--system-site-packages",
+                    venv], check=True, capture_output=True, timeout=120)
+    (site,) = glob.glob(os.path.join(venv, "lib", "python*", "site-packages"))
+    with open(os.path.join(site, "gift_lazy_probe.py"), "w") as f:
+      f.write("VALUE = 42\n")
+    with Sandbox(num_workers=1, python=os.path.join(venv, "bin", "python"), timeout_s=20.0) as sb:
+      v = sb.run("import sys", "import gift_lazy_probe\n"
+                 "result = (gift_lazy_probe.VALUE, sys.prefix, open(sys.prefix + '/pyvenv.cfg')"
+                 ".read().startswith('home'))")
+      assert v.status == "ok" and v.result == (42, venv, True), v
+      w = sb.run("import sys", "open(sys.prefix + '/written', 'w')")
+      assert w.status == "error" and w.error_type in ("PermissionError", "OSError"), w
+      assert not os.path.exists(os.path.join(venv, "written"))
+  finally:
+    shutil.rmtree(root)
 
 
 def test_missing_layers_degrade_with_a_warning(caplog):
