@@ -12,9 +12,18 @@ whitelist and every buffer length against its shape, and enforces a byte, node a
 Supported: None, bool, int, float (NaN/inf), complex, str, bytes, list, tuple, dict, set,
 frozenset, datetime/date/time/timedelta, numpy scalars and ndarrays (bool/int/uint/float/complex/
 datetime64/timedelta64/str/bytes/object), pandas DataFrame, Series, Index, RangeIndex, MultiIndex,
-DatetimeIndex (also tz-aware), TimedeltaIndex, CategoricalIndex, Timestamp, Timedelta, NaT, NA and
-the nullable/string extension dtypes. Exact types only: subclasses and other objects raise
+DatetimeIndex (also tz-aware) and TimedeltaIndex (with their freq), CategoricalIndex, IntervalIndex,
+PeriodIndex, Timestamp, Timedelta, Interval, Period, NaT, NA, the nullable/string extension dtypes,
+interval, period and sparse dtypes. Exact types only: subclasses and other objects raise
 `CodecError`. Self-referential containers raise `CodecError` (cycle), as do values over budget.
+
+Time zones cross as data (`_tz_tree`): a named zone (pytz, zoneinfo, dateutil) by its IANA name,
+a fixed offset (pytz.FixedOffset, datetime.timezone, dateutil tzoffset) as seconds east of UTC.
+The decoder rebuilds them the way its own pandas does (pytz before pandas 2, zoneinfo /
+datetime.timezone after), so values decoded in one interpreter compare equal under
+`pd.testing.assert_*` there, whichever interpreter encoded them. Date offsets (freq of an index,
+a Period) cross by class name, n and plain keywords, which are stable across pandas versions
+(their string aliases are not: "M" became "ME").
 
 Wire format: one JSON document. JSON-native values stand for themselves (str, bool, None, int,
 finite float, list); everything else is a dict tagged by "t".
@@ -25,6 +34,7 @@ import base64
 import datetime
 import json
 import math
+import re
 from typing import Any
 
 import numpy as np
@@ -40,7 +50,16 @@ _EXT_DTYPES = frozenset([
     "Float64", "boolean", "string", "str", "string[python]", "string[pyarrow]"])
 _INDEX_TYPE_NAMES = frozenset([
     "Index", "DatetimeIndex", "TimedeltaIndex", "CategoricalIndex", "Int64Index", "UInt64Index",
-    "Float64Index", "NumericIndex"])
+    "Float64Index", "NumericIndex", "IntervalIndex", "PeriodIndex"])
+_CLOSED = frozenset(["right", "left", "both", "neither"])
+_TZ_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_+\-]*(/[A-Za-z0-9_+\-]+)*")
+# Date offsets that may be rebuilt from (class name, n, normalize, plain keywords).
+_OFFSETS = frozenset([
+    "Day", "Hour", "Minute", "Second", "Milli", "Micro", "Nano", "BusinessDay", "Week",
+    "WeekOfMonth", "LastWeekOfMonth", "MonthEnd", "MonthBegin", "BusinessMonthEnd",
+    "BusinessMonthBegin", "SemiMonthEnd", "SemiMonthBegin", "QuarterEnd", "QuarterBegin",
+    "BQuarterEnd", "BQuarterBegin", "YearEnd", "YearBegin", "BYearEnd", "BYearBegin", "Easter",
+    "FY5253", "FY5253Quarter", "DateOffset"])
 _DATETIME_TYPES = (datetime.datetime, datetime.date, datetime.time)
 
 
@@ -52,6 +71,36 @@ def _is_pandas_index(x: Any) -> bool:
   t = type(x)
   return (t.__name__ in _INDEX_TYPE_NAMES and t.__module__.split(".")[0] == "pandas"
           and isinstance(x, pd.Index))
+
+
+def _tz_tree(tz: Any) -> dict | None:
+  """A time zone as data: {"name": IANA name} or {"offset_s": seconds east of UTC}."""
+  if tz is None:
+    return None
+  if tz is datetime.timezone.utc:
+    return {"name": "UTC"}
+  name = getattr(tz, "zone", None) or getattr(tz, "key", None)  # pytz, zoneinfo
+  if name is None and type(tz).__module__.startswith("dateutil"):
+    if type(tz).__name__ == "tzutc":
+      name = "UTC"
+    elif getattr(tz, "_filename", None):  # tz.gettz("Europe/Paris"): a tzfile
+      name = str(tz._filename).split("zoneinfo/")[-1]
+  if isinstance(name, str) and _TZ_NAME.fullmatch(name):
+    return {"name": name}
+  offset = tz.utcoffset(None) if name is None else None  # None for zones with rules
+  if isinstance(offset, datetime.timedelta):
+    return {"offset_s": int(offset.total_seconds())}
+  raise CodecError(f"cannot serialize time zone {tz!r}")
+
+
+def _offset_tree(off: Any) -> dict:
+  """A pandas date offset (an index freq, a Period's freq) as data."""
+  name = type(off).__name__
+  kw = dict(off.kwds)
+  if (name not in _OFFSETS or type(off).__module__.split(".")[0] != "pandas"
+      or not all(type(v) in (int, bool, str) for v in kw.values())):
+    raise CodecError(f"cannot serialize date offset {off!r}")
+  return {"name": name, "n": int(off.n), "normalize": bool(off.normalize), "kw": kw}
 
 
 class _Encoder:
@@ -136,12 +185,18 @@ class _Encoder:
       return {"t": "na"}
     if t is pd.Timestamp:
       self._charge(48)
-      tz = None if x.tz is None else str(x.tz)
       naive = x if x.tz is None else x.tz_convert("UTC").tz_localize(None)
-      return {"t": "ts", "v": naive.isoformat(), "tz": tz}
+      return {"t": "ts", "v": naive.isoformat(), "tz": _tz_tree(x.tz)}
     if t is pd.Timedelta:
       self._charge(24)
       return {"t": "td", "v": int(x.value)}
+    if t is pd.Interval:
+      self._charge(24)
+      return {"t": "interval", "l": self.value(x.left, depth + 1),
+              "r": self.value(x.right, depth + 1), "closed": x.closed}
+    if t is pd.Period:
+      self._charge(48)
+      return {"t": "period", "ordinal": int(x.ordinal), "freq": _offset_tree(x.freq)}
     if t is pd.DataFrame:
       self._charge(16)
       cols = [self.column(x.iloc[:, i], depth + 1) for i in range(x.shape[1])]
@@ -168,8 +223,11 @@ class _Encoder:
               "names": [self.value(n, depth + 1) for n in idx.names]}
     if not _is_pandas_index(idx):
       raise CodecError(f"cannot serialize an index of type {t.__module__}.{t.__qualname__}")
-    return {"t": "index", "col": self.column(idx, depth + 1),
+    tree = {"t": "index", "col": self.column(idx, depth + 1),
             "name": self.value(idx.name, depth + 1)}
+    if t.__name__ in ("DatetimeIndex", "TimedeltaIndex") and idx.freq is not None:
+      tree["freq"] = _offset_tree(idx.freq)  # pd.testing.assert_* compares it
+    return tree
 
   def column(self, obj: Any, depth: int) -> dict:
     """The values of a Series or Index, with their dtype."""
@@ -183,7 +241,18 @@ class _Encoder:
               "codes": self.array(np.asarray(cat.codes), depth), "ordered": bool(dtype.ordered)}
     if isinstance(dtype, pd.DatetimeTZDtype):
       utc = pd.Series(obj.array).dt.tz_convert("UTC").dt.tz_localize(None)
-      return {"kind": "dttz", "a": self.array(np.asarray(utc), depth), "tz": str(dtype.tz)}
+      return {"kind": "dttz", "a": self.array(np.asarray(utc), depth), "tz": _tz_tree(dtype.tz)}
+    if isinstance(dtype, pd.IntervalDtype):
+      arr = obj.array
+      return {"kind": "interval", "left": self.column(arr.left, depth + 1),
+              "right": self.column(arr.right, depth + 1), "closed": arr.closed}
+    if isinstance(dtype, pd.PeriodDtype):
+      return {"kind": "period", "a": self.array(np.asarray(obj.array.asi8), depth),
+              "freq": _offset_tree(dtype.freq)}
+    if isinstance(dtype, pd.SparseDtype):
+      dense = pd.Series(obj.array.to_dense())
+      return {"kind": "sparse", "dense": self.column(dense, depth + 1),
+              "fill": self.value(obj.array.fill_value, depth + 1)}
     name = str(dtype)
     if name not in _EXT_DTYPES:
       raise CodecError(f"cannot serialize pandas dtype {name!r}")
@@ -278,9 +347,14 @@ class _Decoder:
       return pd.NA
     if tag == "ts":
       ts = pd.Timestamp(_str(n["v"]))
-      return ts if n["tz"] is None else ts.tz_localize("UTC").tz_convert(_str(n["tz"]))
+      return ts if n["tz"] is None else ts.tz_localize("UTC").tz_convert(_tz(n["tz"]))
     if tag == "td":
       return pd.Timedelta(int(n["v"]), unit="ns")
+    if tag == "interval":
+      return pd.Interval(self.value(n["l"], depth + 1), self.value(n["r"], depth + 1),
+                         closed=_closed(n["closed"]))
+    if tag == "period":
+      return pd.Period(ordinal=int(n["ordinal"]), freq=_offset(n["freq"]))
     if tag == "series":
       values, dtype = self.column(n["col"], depth + 1)
       index = self.index(n["index"], depth + 1)
@@ -315,8 +389,14 @@ class _Decoder:
       return pd.MultiIndex(levels=levels, codes=codes, names=names, verify_integrity=True)
     if tag == "index":
       values, dtype = self.column(n["col"], depth + 1)
-      return pd.Index(values, dtype=dtype, name=self.value(n["name"], depth + 1),
-                      tupleize_cols=False)
+      idx = pd.Index(values, dtype=dtype, name=self.value(n["name"], depth + 1),
+                     tupleize_cols=False)
+      if n.get("freq") is not None:
+        cls = {"M": pd.DatetimeIndex, "m": pd.TimedeltaIndex}.get(idx.dtype.kind)
+        if cls is None:
+          raise CodecError(f"malformed index: a freq on a {idx.dtype} index")
+        idx = cls(idx, freq=_offset(n["freq"]))
+      return idx
     raise CodecError(f"malformed document: expected an index, got tag {tag!r}")
 
   def column(self, n: Any, depth: int) -> tuple[Any, Any]:
@@ -341,7 +421,24 @@ class _Decoder:
       arr = self.array(n["a"])
       if arr.dtype.kind != "M" or arr.ndim != 1:
         raise CodecError("malformed tz-aware datetime column")
-      values = pd.Series(arr).dt.tz_localize("UTC").dt.tz_convert(_str(n["tz"])).array
+      values = pd.Series(arr).dt.tz_localize("UTC").dt.tz_convert(_tz(n["tz"])).array
+      return values, values.dtype
+    if kind == "interval":
+      left, left_dtype = self.column(n["left"], depth + 1)
+      right, right_dtype = self.column(n["right"], depth + 1)
+      values = pd.arrays.IntervalArray.from_arrays(
+          pd.Index(left, dtype=left_dtype, tupleize_cols=False),
+          pd.Index(right, dtype=right_dtype, tupleize_cols=False), closed=_closed(n["closed"]))
+      return values, values.dtype
+    if kind == "period":
+      arr = self.array(n["a"])
+      if arr.dtype != np.int64 or arr.ndim != 1:
+        raise CodecError("malformed period column: ordinals must be a 1-d int64 array")
+      values = pd.arrays.PeriodArray(arr, dtype=pd.PeriodDtype(_offset(n["freq"])))
+      return values, values.dtype
+    if kind == "sparse":
+      dense, _ = self.column(n["dense"], depth + 1)
+      values = pd.arrays.SparseArray(dense, fill_value=self.value(n["fill"], depth + 1))
       return values, values.dtype
     if kind == "ext":
       name = _str(n["dtype"])
@@ -375,6 +472,42 @@ class _Decoder:
     if len(raw) != size * dtype.itemsize:
       raise CodecError(f"array buffer of {len(raw)} bytes does not match {shape} x {dtype}")
     return np.frombuffer(raw, dtype=dtype).reshape(shape).copy()
+
+
+def _tz(n: Any) -> Any:
+  """The time zone of a `_tz_tree`, as this pandas makes it from text (pytz before pandas 2,
+  zoneinfo / datetime.timezone after), so it compares equal to the zones it creates itself."""
+  if type(n) is not dict:
+    raise CodecError("malformed time zone")
+  if "offset_s" in n:
+    s = int(n["offset_s"])
+    if abs(s) >= 86400:
+      raise CodecError(f"malformed time zone offset {s} s")
+    if s % 60:
+      return datetime.timezone(datetime.timedelta(seconds=s))
+    m = abs(s) // 60
+    return pd.Timestamp(f"2000-01-01T00:00:00{'-' if s < 0 else '+'}{m // 60:02d}:{m % 60:02d}").tz
+  name = _str(n["name"])
+  if not _TZ_NAME.fullmatch(name):
+    raise CodecError(f"malformed time zone name {name!r}")
+  return pd.Timestamp(0, tz="UTC").tz_convert(name).tz
+
+
+def _offset(n: Any) -> Any:
+  """The pandas date offset of an `_offset_tree` (only the classes in _OFFSETS)."""
+  if type(n) is not dict or n.get("name") not in _OFFSETS or type(n.get("kw")) is not dict:
+    raise CodecError(f"malformed date offset {n!r:.200}")
+  kw = n["kw"]
+  if not all(type(k) is str and k.isidentifier() and type(v) in (int, bool, str)
+             for k, v in kw.items()):
+    raise CodecError(f"malformed date offset keywords {kw!r:.200}")
+  return getattr(pd.offsets, n["name"])(int(n["n"]), normalize=bool(n["normalize"]), **kw)
+
+
+def _closed(v: Any) -> str:
+  if v not in _CLOSED:
+    raise CodecError(f"malformed interval side {v!r}")
+  return v
 
 
 def _str(v: Any) -> str:
