@@ -4,11 +4,15 @@
   sampler.generate(["def f(x):"], n=4, temperature=0.8, top_p=0.95, stop=("# In[ ]:",))
   -> [["\n  return x", ...]]                           # per prompt, n completions
 
-How a batch runs: rows (prompt x sample) are sorted by prompt length and cut into batches of
-`batch_size`; each batch is left-padded to the smallest length bucket that fits (so prompts
-of different lengths share one compiled prefill and every row writes its cache at the same
-slot), prefilled in one call, then decoded by one jitted `lax.while_loop` that samples a token
-per step and exits as soon as every row has emitted EOS. Stop strings are text, not tokens
+How a batch runs: prompts are sorted by length and cut into batches of whole prompts, each
+with all its n sample rows; a batch holds max(1, round(batch_size / n)) prompts (rounded up to
+the data-parallel size, so every data shard gets whole prompts), i.e. about `batch_size` rows,
+more when n > batch_size. The batch's prompts are left-padded to the smallest length bucket that
+fits (so prompts of different lengths share one compiled prefill and every row writes its cache
+at the same slot) and prefilled once each, in one call; the prompt cache and last-position
+logits are then repeated to the prompt's n rows (row = prompt * n + sample), so pass@k sampling
+pays one prefill per prompt, not n. One jitted `lax.while_loop` then decodes all rows, sampling
+a token per step, and exits as soon as every row has emitted EOS. Stop strings are text, not tokens
 (one string has many tokenizations), so they are matched on the host: with stop strings the
 loop runs in chunks of `stop_check_every` tokens and rows whose decoded text contains a stop
 string are marked finished between chunks; without them it runs once to the end.
@@ -74,20 +78,31 @@ def sample_logits(logits_bv: Array, keys_b: Array, step: Array, temperature: Arr
   return choice_b
 
 
-def _prefill(cfg: ModelConfig, params: Any, tokens_bp: Array, segment_ids_bp: Array,
-             keys_b: Array, temperature: Array, top_p: Array, *, max_new_tokens: int,
+def _prefill(cfg: ModelConfig, params: Any, tokens_up: Array, segment_ids_up: Array,
+             keys_b: Array, temperature: Array, top_p: Array, *, n: int, max_new_tokens: int,
              top_k: int, greedy: bool, eos_id: int, pad_id: int) -> DecodeState:
-  """Runs the left-padded prompts [B, P] through the model and samples the first token."""
-  b, p = tokens_bp.shape
-  positions_bp = jnp.maximum(jnp.cumsum(segment_ids_bp, axis=1) - 1, 0).astype(jnp.int32)
-  cache = transformer.init_cache(cfg, b, p + max_new_tokens)
-  logits_bpv, cache = transformer.apply(cfg, params, tokens_bp, positions_bp, segment_ids_bp,
+  """Runs the U left-padded prompts [U, P] through the model once, repeats each prompt's cache
+  and last-position logits to its n rows (row b = u * n + j, B = U * n; keys_b [B]) and
+  samples every row's first token."""
+  u, p = tokens_up.shape
+  positions_up = jnp.maximum(jnp.cumsum(segment_ids_up, axis=1) - 1, 0).astype(jnp.int32)
+  # Prompt slots only: the prefill's attention spans P slots, not P + M. The M decode slots
+  # (segment 0 = empty) are appended after the repeat.
+  cache = transformer.init_cache(cfg, u, p)
+  logits_upv, cache = transformer.apply(cfg, params, tokens_up, positions_up, segment_ids_up,
                                         cache)
-  first_b = sample_logits(logits_bpv[:, -1], keys_b, jnp.int32(0), temperature, top_p, top_k,
-                            greedy)
-  tokens_bm = jnp.full((b, max_new_tokens), pad_id, jnp.int32).at[:, 0].set(first_b)
-  return DecodeState(cache, tokens_bm, first_b, positions_bp[:, -1] + 1, first_b == eos_id,
-                     jnp.int32(1), keys_b)
+  kv_pad = ((0, 0), (0, 0), (0, max_new_tokens), (0, 0), (0, 0))
+  cache = transformer.KVCache(
+      jnp.pad(jnp.repeat(cache.k, n, axis=1), kv_pad),
+      jnp.pad(jnp.repeat(cache.v, n, axis=1), kv_pad),
+      jnp.pad(jnp.repeat(cache.segment_ids, n, axis=0), ((0, 0), (0, max_new_tokens))),
+      cache.index)
+  logits_bv = jnp.repeat(logits_upv[:, -1], n, axis=0)
+  first_b = sample_logits(logits_bv, keys_b, jnp.int32(0), temperature, top_p, top_k, greedy)
+  tokens_bm = jnp.full((u * n, max_new_tokens), pad_id, jnp.int32).at[:, 0].set(first_b)
+  position_b = jnp.repeat(positions_up[:, -1] + 1, n)
+  return DecodeState(cache, tokens_bm, first_b, position_b, first_b == eos_id, jnp.int32(1),
+                     keys_b)
 
 
 def _decode(cfg: ModelConfig, params: Any, state: DecodeState, end_step: Array,
@@ -114,7 +129,7 @@ def _decode(cfg: ModelConfig, params: Any, state: DecodeState, end_step: Array,
 
 # Module-level, so Samplers of the same config share compilations.
 _prefill_jit = jax.jit(_prefill, static_argnums=0, static_argnames=(
-    "max_new_tokens", "top_k", "greedy", "eos_id", "pad_id"))
+    "n", "max_new_tokens", "top_k", "greedy", "eos_id", "pad_id"))
 _decode_jit = jax.jit(_decode, static_argnums=0, donate_argnums=(2,),
                       static_argnames=("top_k", "greedy", "eos_id", "pad_id"))
 
@@ -127,7 +142,8 @@ class Sampler:
     tokenizer: a `gift.tokenizer` Tokenizer (BOS is prepended to every prompt).
     mesh: optional `jax.sharding.Mesh`; params are sharded with gift/sharding.py's rules and
       rows over ("data", "fsdp"), as in training.
-    batch_size: rows per compiled batch (rounded up to the data-parallel size).
+    batch_size: rows per compiled batch, about: a batch holds whole prompts with their n
+      samples, max(1, round(batch_size / n)) prompts rounded up to the data-parallel size.
     buckets: prompt lengths (tokens, BOS included) that batches are padded to; longer prompts
       round up to a multiple of the largest bucket.
     stop_check_every: decode tokens between host-side stop-string checks.
@@ -140,13 +156,13 @@ class Sampler:
     self.buckets = tuple(sorted(buckets))
     self.stop_check_every = stop_check_every
     dtype = jnp.dtype(model_cfg.dtype)
-    shardings, self.row_sharding = None, None
+    shardings, self.row_sharding, self.dp = None, None, 1
     if mesh is not None:
       from gift import sharding
       shardings = sharding.param_shardings(model_cfg, mesh)
       self.row_sharding = sharding.batch_sharding(mesh)
-      dp = mesh.shape.get("data", 1) * mesh.shape.get("fsdp", 1)
-      batch_size = -(-batch_size // dp) * dp
+      self.dp = mesh.shape.get("data", 1) * mesh.shape.get("fsdp", 1)
+      batch_size = -(-batch_size // self.dp) * self.dp
     if all(x.dtype == dtype for x in jax.tree.leaves(params)):
       # No cast, so no copy (a jitted identity would hold an f32 7B model twice).
       self.params = jax.device_put(params, shardings)
@@ -204,40 +220,44 @@ class Sampler:
     top_k = 0 if greedy else min(top_k, vocab) if top_k else (vocab if top_p < 1.0 else 0)
     eos = self.tokenizer.eos_id if stop_at_eos else -1
     pad = self.tokenizer.pad_id
-    rows = [(i, j) for i in range(len(prompt_ids)) for j in range(n)]
-    rows.sort(key=lambda r: len(prompt_ids[r[0]]))  # similar lengths share a bucket
+    # Prompts per batch: rows ~= batch_size, whole prompts on every data-parallel shard (so the
+    # U prompts and the U * n rows both split evenly over the mesh).
+    per_batch = max(1, (self.batch_size + n // 2) // n)
+    per_batch = -(-per_batch // self.dp) * self.dp
+    order = sorted(range(len(prompt_ids)), key=lambda i: len(prompt_ids[i]))  # shared buckets
     base_key = jax.random.key(seed)
-    results: dict[tuple[int, int], list[int]] = {}
-    for start in range(0, len(rows), self.batch_size):
-      batch = rows[start:start + self.batch_size]
-      batch = batch + [batch[-1]] * (self.batch_size - len(batch))  # fixed shapes
-      prompts = [list(prompt_ids[i]) for i, _ in batch]
-      p = self._bucket(max(map(len, prompts)))
-      tokens_bp = np.full((len(batch), p), pad, np.int32)
-      segment_ids_bp = np.zeros((len(batch), p), np.int32)
-      for r, ids in enumerate(prompts):
-        tokens_bp[r, p - len(ids):] = ids
-        segment_ids_bp[r, p - len(ids):] = 1
+    results: dict[int, list[list[int]]] = {}
+    for start in range(0, len(order), per_batch):
+      group = order[start:start + per_batch]
+      batch = group + [group[-1]] * (per_batch - len(group))  # fixed shapes
+      p = self._bucket(max(len(prompt_ids[i]) for i in batch))
+      tokens_up = np.full((len(batch), p), pad, np.int32)
+      segment_ids_up = np.zeros((len(batch), p), np.int32)
+      for u, i in enumerate(batch):
+        ids = prompt_ids[i]
+        tokens_up[u, p - len(ids):] = ids
+        segment_ids_up[u, p - len(ids):] = 1
       keys_b = jax.vmap(jax.random.fold_in, (None, 0))(
-          base_key, jnp.asarray([i * n + j for i, j in batch], jnp.uint32))
-      new_bm, length_b = self._run(tokens_bp, segment_ids_bp, keys_b, temperature, top_p,
-                                   max_new_tokens, stop, top_k=top_k, greedy=greedy, eos_id=eos,
-                                   pad_id=pad)
-      for r, key in enumerate(batch[:len(rows[start:start + self.batch_size])]):
-        results[key] = new_bm[r, :length_b[r]].tolist()
-    return [[results[(i, j)] for j in range(n)] for i in range(len(prompt_ids))]
+          base_key, jnp.asarray([i * n + j for i in batch for j in range(n)], jnp.uint32))
+      new_bm, length_b = self._run(tokens_up, segment_ids_up, keys_b, temperature, top_p,
+                                   max_new_tokens, stop, n=n, top_k=top_k, greedy=greedy,
+                                   eos_id=eos, pad_id=pad)
+      for u, i in enumerate(group):
+        results[i] = [new_bm[b, :length_b[b]].tolist() for b in range(u * n, (u + 1) * n)]
+    return [results[i] for i in range(len(prompt_ids))]
 
-  def _run(self, tokens_bp: np.ndarray, segment_ids_bp: np.ndarray, keys_b: Array,
-           temperature: float, top_p: float, max_new_tokens: int, stop: Sequence[str],
+  def _run(self, tokens_up: np.ndarray, segment_ids_up: np.ndarray, keys_b: Array,
+           temperature: float, top_p: float, max_new_tokens: int, stop: Sequence[str], n: int,
            **kw: Any) -> tuple[np.ndarray, np.ndarray]:
-    """Prefill + decode of one batch. Returns (ids int32 [B, M], lengths int [B]): row b's
-    completion is ids[b, :lengths[b]] (EOS excluded; through the chunk that hit a stop)."""
+    """Prefill of U prompts [U, P] + decode of their B = U * n rows (keys_b [B]). Returns (ids
+    int32 [B, M], lengths int [B]): row b's completion is ids[b, :lengths[b]] (EOS excluded;
+    through the chunk that hit a stop)."""
     put = (lambda x: jax.device_put(x, self.row_sharding)) if self.row_sharding else jnp.asarray
     temperature, top_p = jnp.float32(temperature), jnp.float32(top_p)
-    state = _prefill_jit(self.cfg, self.params, put(tokens_bp), put(segment_ids_bp), keys_b,
-                         temperature, top_p, max_new_tokens=max_new_tokens, **kw)
+    state = _prefill_jit(self.cfg, self.params, put(tokens_up), put(segment_ids_up), keys_b,
+                         temperature, top_p, n=n, max_new_tokens=max_new_tokens, **kw)
     chunk = self.stop_check_every if stop else max_new_tokens
-    stopped_at_b = np.full(tokens_bp.shape[0], max_new_tokens)  # host-detected stop strings
+    stopped_at_b = np.full(keys_b.shape[0], max_new_tokens)  # host-detected stop strings
     while True:
       end = min(int(state.step) + chunk, max_new_tokens)
       state = _decode_jit(self.cfg, self.params, state, jnp.int32(end), temperature, top_p, **kw)

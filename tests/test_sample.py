@@ -60,9 +60,32 @@ def test_batching_and_buckets_do_not_change_samples(params):
   kw = dict(n=3, temperature=0.9, top_k=50, top_p=0.9, max_new_tokens=12, seed=7,
             stop_at_eos=False)
   a = _sampler(params).generate_ids(prompts, **kw)
-  b = _sampler(params, batch_size=2, buckets=(8, 32)).generate_ids(prompts, **kw)
+  # 1 prompt (3 rows) per batch vs 2 prompts (6 rows), the last batch padded
+  b = _sampler(params, batch_size=6, buckets=(8, 32)).generate_ids(prompts, **kw)
   assert a == b
   assert len({tuple(c) for row in a for c in row}) > 10  # the samples do differ
+
+
+def test_each_prompt_is_prefilled_once_and_equals_a_prefill_per_sample(params, monkeypatch):
+  prefilled = []  # prompts per prefill call
+
+  def spy(cfg, params, tokens_up, *args, **kw):
+    prefilled.append(tokens_up.shape[0])
+    return prefill(cfg, params, tokens_up, *args, **kw)
+
+  prefill = sample._prefill_jit
+  monkeypatch.setattr(sample, "_prefill_jit", spy)
+  prompts = _prompts([3, 11, 6])
+  kw = dict(temperature=0.9, top_p=0.9, max_new_tokens=12, seed=4, stop_at_eos=False)
+  sampler = _sampler(params, batch_size=8)
+  shared = sampler.generate_ids(prompts, n=4, **kw)
+  assert prefilled == [2, 2]  # 2 prompts x 4 samples per batch, one padding prompt
+  # n = 1 on each prompt repeated 4 times: row i * 4 + j gets the same RNG stream as sample j
+  # of prompt i above, but every row is prefilled on its own.
+  separate = sampler.generate_ids([p for p in prompts for _ in range(4)], n=1, **kw)
+  assert prefilled[2:] == [8, 8]
+  assert shared == [[c for (c,) in separate[4 * i:4 * i + 4]] for i in range(3)]
+  assert all(len(set(map(tuple, row))) > 1 for row in shared)  # samples of a prompt differ
 
 
 def test_same_seed_same_samples_other_seed_differs(params):
