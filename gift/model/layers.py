@@ -48,10 +48,14 @@ def dense(x: Array, w: Array, contract: int = 1, preferred_element_type=None) ->
   the (wider) output gradient. Materializing x^T behind an optimization barrier makes both
   gradients plain matmuls: the CPU train step of benchmarks/bench_train.py runs ~1.3x faster.
   """
-  if (jax.default_backend() == "cpu" and x.dtype == w.dtype == jnp.float32
-      and preferred_element_type in (None, jnp.float32)):
+  if _cpu_float32(x, w) and preferred_element_type in (None, jnp.float32):
     return _dense_cpu(x, w, contract)
   return jnp.tensordot(x, w, contract, preferred_element_type=preferred_element_type)
+
+
+def _cpu_float32(*xs: Array) -> bool:
+  """Whether the CPU-specific gradients apply: float32 operands traced for a CPU backend."""
+  return jax.default_backend() == "cpu" and all(x.dtype == jnp.float32 for x in xs)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
@@ -144,12 +148,65 @@ def attend(q_btnh: Array, k_bskh: Array, v_bskh: Array, mask_bts: Array) -> Arra
   b, t, n, h = q_btnh.shape
   k = k_bskh.shape[2]
   q_btkgh = (q_btnh * jnp.asarray(h ** -0.5, q_btnh.dtype)).reshape(b, t, k, n // k, h)
+  if t == k_bskh.shape[1] and _cpu_float32(q_btnh, k_bskh, v_bskh):  # training, no cache
+    return _attend_cpu(q_btkgh, k_bskh, v_bskh, mask_bts).reshape(b, t, n, h)
   logits_bkgts = jnp.einsum("btkgh,bskh->bkgts", q_btkgh, k_bskh,
                             preferred_element_type=jnp.float32)
   logits_bkgts = jnp.where(mask_bts[:, None, None], logits_bkgts, _MASKED)
   probs_bkgts = jax.nn.softmax(logits_bkgts, axis=-1).astype(v_bskh.dtype)
   out_btkgh = jnp.einsum("bkgts,bskh->btkgh", probs_bkgts, v_bskh)
   return out_btkgh.reshape(b, t, n, h)
+
+
+def _attend_cpu(q_btkgh: Array, k_bskh: Array, v_bskh: Array, mask_bts: Array) -> Array:
+  """`attend` for float32 on CPU, same math with a hand-written gradient: every product is a
+  row-major (batched) A @ B for XLA:CPU's YNNPACK kernels, the transposes they need are taken of
+  the [*, T, H] operands, never of the [T, S] scores, and the mask enters as an additive bias
+  (no masked select to save or replay). ~10% faster CPU train steps than autodiff's layouts."""
+  b, t, k, g, h = q_btkgh.shape
+  q_bkmh = q_btkgh.transpose(0, 2, 3, 1, 4).reshape(b, k, g * t, h)  # m = (g, t)
+  bias_bts = jnp.where(mask_bts, 0.0, _MASKED).astype(jnp.float32)
+  out_bkmh = _attention_core(q_bkmh, k_bskh.transpose(0, 2, 1, 3), v_bskh.transpose(0, 2, 1, 3),
+                             bias_bts)
+  return out_bkmh.reshape(b, k, g, t, h).transpose(0, 3, 1, 2, 4)
+
+
+def _row_major_t(x: Array) -> Array:
+  """x with its last two axes swapped, materialized (an optimization barrier keeps XLA from
+  folding the transpose back into the consuming dot as a transposed operand)."""
+  return jax.lax.optimization_barrier(jnp.swapaxes(x, -1, -2))
+
+
+def _attention_core_fwd(q_bkmh, k_bksh, v_bksh, bias_bts):
+  b, k, m, _ = q_bkmh.shape
+  t, s = bias_bts.shape[1:]
+  logits_bkms = (q_bkmh @ _row_major_t(k_bksh)).reshape(b, k, m // t, t, s)
+  probs_bkms = jax.nn.softmax(logits_bkms + bias_bts[:, None, None], axis=-1).reshape(b, k, m, s)
+  return probs_bkms @ v_bksh, (q_bkmh, k_bksh, v_bksh, bias_bts, probs_bkms)
+
+
+def _attention_core_bwd(res, dout_bkmh):
+  q_bkmh, k_bksh, v_bksh, bias_bts, probs_bkms = res
+  b, k, m, s = probs_bkms.shape
+  dprobs_bkms = dout_bkmh @ _row_major_t(v_bksh)
+  dlogits_bkgts = (probs_bkms * (dprobs_bkms - jnp.sum(dprobs_bkms * probs_bkms, -1, keepdims=True))
+                   ).reshape(b, k, m // bias_bts.shape[1], *bias_bts.shape[1:])
+  # Masked scores get no gradient, as through a select; only fully masked (padding) rows need
+  # this: their probabilities are uniform, not 0.
+  dlogits_bkms = jnp.where(bias_bts[:, None, None] == 0, dlogits_bkgts, 0.0).reshape(b, k, m, s)
+  dk_bkhs = _row_major_t(q_bkmh) @ dlogits_bkms
+  dv_bkhs = _row_major_t(dout_bkmh) @ probs_bkms
+  return (dlogits_bkms @ k_bksh, jnp.swapaxes(dk_bkhs, -1, -2), jnp.swapaxes(dv_bkhs, -1, -2),
+          None)
+
+
+@jax.custom_vjp
+def _attention_core(q_bkmh: Array, k_bksh: Array, v_bksh: Array, bias_bts: Array) -> Array:
+  """softmax(q k^T + bias) v over rows m = (g, t) of each kv head; bias [B, T, S] broadcasts."""
+  return _attention_core_fwd(q_bkmh, k_bksh, v_bksh, bias_bts)[0]
+
+
+_attention_core.defvjp(_attention_core_fwd, _attention_core_bwd)
 
 
 class Attention(nnx.Module):
