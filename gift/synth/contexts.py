@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import logging
 import os
 import re
@@ -475,10 +476,51 @@ def _frame(cols: list[Col], rows: int, rng: np.random.Generator) -> pd.DataFrame
   return pd.concat([_column(c, rows, rng) for c in cols], axis=1)
 
 
+# Word-level synonyms for schema variants. Beyond the first round of schemas, column names are
+# re-worded, so repeated schemas differ in vocabulary and not only in values: a model has to read
+# the names from the prompt rather than memorize one spelling per schema.
+SYNONYMS: dict[str, tuple[str, ...]] = {
+    "date": ("day", "dt"), "order": ("purchase", "sale"), "price": ("cost", "rate"),
+    "amount": ("total", "value"), "name": ("label", "full_name"), "city": ("town", "location"),
+    "id": ("code", "no"), "region": ("area", "zone"), "product": ("item", "article"),
+    "units": ("qty", "quantity"), "status": ("state", "stage"), "category": ("kind", "group"),
+    "country": ("nation", "market"), "title": ("role", "headline"), "department": ("dept", "team"),
+    "salary": ("pay", "wage"), "rating": ("score", "stars_avg"), "genre": ("style", "type"),
+    "year": ("yr", "season"), "channel": ("source", "medium"), "customer": ("client", "buyer"),
+    "agent": ("rep", "handler"), "created": ("opened", "logged"), "priority": ("urgency", "level"),
+    "volume": ("shares", "turnover"), "open": ("opening",), "close": ("closing",),
+    "track": ("song", "tune"), "artist": ("performer", "musician"), "account": ("acct", "wallet"),
+    "merchant": ("vendor", "shop"), "weight": ("mass", "load"), "height": ("stature",),
+    "station": ("site", "sensor"), "carrier": ("courier", "shipper"), "cost": ("charge", "fee"),
+    "student": ("learner", "pupil"), "grade": ("mark", "score"), "course": ("class", "module"),
+    "review": ("feedback", "opinion"), "brand": ("maker", "label"), "credits": ("points", "units"),
+    "instructor": ("teacher", "lecturer"), "distance": ("miles", "length"), "delay": ("lag",),
+    "duration": ("length", "time"), "streams": ("plays", "listens"), "votes": ("ballots", "likes"),
+    "visits": ("sessions", "views"), "temp": ("temperature", "t"), "wind": ("gust", "breeze"),
+    "condition": ("sky", "outlook"), "subject": ("topic", "summary"), "segment": ("tier", "class"),
+    "signup": ("joined", "registered"), "helpful": ("useful",), "medal": ("award", "prize"),
+    "sport": ("discipline", "event"), "completed": ("finished", "done"), "bonus": ("incentive",),
+    "hire": ("start", "join"), "dest": ("destination", "to"), "origin": ("from", "source"),
+}
+
+
+def variant_names(names: list[str], rng: np.random.Generator) -> dict[str, str]:
+  """A re-wording of column names: each underscore-separated word that has synonyms is replaced
+  with probability 0.7. Names stay unique (a clash keeps the original name)."""
+  out: dict[str, str] = {}
+  for name in names:
+    words = [rng.choice(SYNONYMS[w]) if w in SYNONYMS and rng.random() < 0.7 else w
+             for w in name.split("_")]
+    new = "_".join(words)
+    out[name] = name if new in out.values() or (new in names and new != name) else new
+  return out
+
+
 def generate_bundled(out_dir: str, num: int = 24, seed: int = 0) -> list[str]:
   """Writes `num` generated datasets as CSV files (one folder per context) under `out_dir`;
-  returns the context names. Deterministic under `seed` (beyond the 24 schemas, schemas repeat
-  with a new seed and a numbered name)."""
+  returns the context names. Deterministic under `seed`. Beyond the 24 schemas, schemas repeat
+  with a new seed, a numbered name and re-worded column names (`variant_names`); the merge key's
+  name is kept in the folder's `schema.json`."""
   names, schema_names = [], list(SCHEMAS)
   for i in range(num):
     schema = schema_names[i % len(schema_names)]
@@ -487,15 +529,23 @@ def generate_bundled(out_dir: str, num: int = 24, seed: int = 0) -> list[str]:
     rng = np.random.default_rng([seed, i])
     folder = os.path.join(out_dir, name)
     os.makedirs(folder, exist_ok=True)
-    frames = {"df": _frame(spec["cols"], spec["rows"], rng)}
+    parts = [("df", spec["cols"], spec["rows"])]
     if "second" in spec:
       second, rows, cols = spec["second"]
-      frames[second] = _frame(cols, rows, rng)
+      parts.append((second, cols, rows))
+    rename: dict[str, str] = {}
+    if i >= len(schema_names):
+      rename = variant_names(sorted({c.name for _, cols, _ in parts for c in cols}), rng)
+    frames = {fname: _frame(cols, rows, rng).rename(columns=rename) for fname, cols, rows in parts}
     for fname, frame in frames.items():
       file = os.path.join(folder, f"{schema if fname == 'df' else fname}.csv")
       tmp = file + ".tmp"
       frame.to_csv(tmp, index=False)
       os.replace(tmp, file)
+    key = spec.get("key")
+    with open(os.path.join(folder, "schema.json.tmp"), "w", encoding="utf-8") as f:
+      json.dump({"schema": schema, "key": rename.get(key, key) if key else None}, f)
+    os.replace(os.path.join(folder, "schema.json.tmp"), os.path.join(folder, "schema.json"))
     names.append(name)
   return names
 
@@ -514,6 +564,10 @@ def from_bundled_folder(folder: str, name: str, key: str | None = None) -> Conte
     run.append(r)
   cells = [("code", "\n".join(shown), None)]
   cells += [("code", f"{var}.head()", show(frame)) for var, frame in frames.items()]
+  meta_path = os.path.join(folder, "schema.json")
+  if key is None and os.path.isfile(meta_path):
+    with open(meta_path, encoding="utf-8") as f:
+      key = json.load(f).get("key")
   key = key or SCHEMAS.get(schema, {}).get("key")
   if key and len(frames) > 1:
     links = [("df", var, key) for var in list(frames)[1:] if key in frames[var].columns]

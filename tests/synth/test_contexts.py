@@ -66,3 +66,19 @@ def test_bundled_is_deterministic_and_covers_column_kinds(tmp_path):
       kinds.add("missing") if f.isna().any().any() else None
   assert {"i", "f", "M", "b", "missing"} <= kinds
   assert sum(bool(c.links) for c in a) >= 3
+
+
+def test_repeated_schemas_are_reworded_and_keep_their_merge_key(tmp_path):
+  ctxs, _ = contexts.bundled(str(tmp_path), 2 * len(contexts.SCHEMAS), seed=0,
+                             include_real=False)
+  by_id = {c.id: c for c in ctxs}
+  changed = 0
+  for schema in contexts.SCHEMAS:
+    base, variant = by_id[f"bundled/{schema}"], by_id[f"bundled/{schema}_2"]
+    assert len(variant.frames["df"].columns) == len(base.frames["df"].columns)
+    assert variant.frames["df"].columns.is_unique
+    changed += list(variant.frames["df"].columns) != list(base.frames["df"].columns)
+    if base.links:
+      ((left, right, key),) = variant.links
+      assert key in variant.frames[left].columns and key in variant.frames[right].columns
+  assert changed >= len(contexts.SCHEMAS) - 2  # almost every variant reads differently
