@@ -8,7 +8,11 @@ a batch of 4 x 256 tokens, one causal segment per row, next-token cross-entropy 
 - peer: `transformers.LlamaForCausalLM` (attention "eager" and/or "sdpa"; the faster one is the
   reference) + `torch.optim.AdamW` + `clip_grad_norm_`, `torch.set_num_threads(<cores>)`.
 
-Both run in this process, taking turns in timing windows (order rotating per round) after a
+`--cores 1` pins both to one core: a check that is robust to a busy machine (on a loaded 2-core
+box, PyTorch's OpenMP barriers suffer more from preemption than XLA's thread pool).
+
+Both run in this process (re-executed once with `gift.cpu_env`'s huge-page malloc tunable, which
+helps both), taking turns in timing windows (order rotating per round) after a
 warm-up; each figure is the median over windows. The f32 matmul peak of this machine is measured
 in the same run (best of JAX and PyTorch on a large square matmul), and MFU is achieved model
 FLOP/s (the MaxText-style analytic count of `gift/flops.py`: 6 x matmul parameters including the
@@ -24,6 +28,10 @@ import os
 import sys
 import time
 
+from gift import cpu_env  # imports no JAX/torch
+
+# Huge pages for XLA's (and torch's) large per-step buffers; both runners share this process.
+cpu_env.reexec_with_cpu_env()
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402
 
@@ -40,7 +48,8 @@ def parse_args(argv):
   p.add_argument("--batch", type=int, default=4)
   p.add_argument("--seq", type=int, default=256)
   p.add_argument("--attn", default="eager,sdpa", help="peer attention implementations to time")
-  p.add_argument("--threads", type=int, default=os.cpu_count(), help="torch intra-op threads")
+  p.add_argument("--cores", type=int, default=os.cpu_count(),
+                 help="pin the process to the first N cores (XLA's and torch's thread counts)")
   p.add_argument("--warmup", type=int, default=3, help="untimed steps per runner")
   p.add_argument("--steps", type=int, default=4, help="steps per timing window")
   p.add_argument("--windows", type=int, default=7, help="timing windows per runner")
@@ -121,13 +130,14 @@ def peer_runner(args, train_cfg, attn, tokens, targets):
 
 def main(argv=None) -> int:
   args = parse_args(sys.argv[1:] if argv is None else argv)
+  os.sched_setaffinity(0, range(args.cores))  # before JAX sizes its thread pool
   import jax
   import numpy as np
   import torch
 
   from gift import flops as gift_flops
 
-  torch.set_num_threads(args.threads)
+  torch.set_num_threads(args.cores)
   rng = np.random.default_rng(0)
   tokens = rng.integers(0, args.vocab, (args.batch, args.seq + 1)).astype(np.int32)
   inputs, targets = tokens[:, :-1], tokens[:, 1:]
@@ -167,7 +177,8 @@ def main(argv=None) -> int:
   print(f"- model: Llama, vocab {args.vocab}, d_model {args.d_model}, {args.layers} layers, "
         f"{args.heads} heads ({args.kv_heads} kv) x {args.head_dim}, MLP {args.mlp}, untied; "
         f"batch {args.batch} x {args.seq} tokens; AdamW + clip 1.0")
-  print(f"- gift devices: {jax.devices()}; torch threads: {torch.get_num_threads()}")
+  print(f"- cores used: {len(os.sched_getaffinity(0))}; gift devices: {jax.devices()}; "
+        f"torch threads: {torch.get_num_threads()}")
   print(f"- analytic train FLOPs/token: {flops_per_token / 1e6:.2f} M "
         f"(6 x {gift_flops.matmul_params(model_cfg) / 1e6:.2f} M matmul params + causal attention)")
   print(f"- measured f32 matmul peak ({args.peak_n}^3, before/after): "

@@ -47,6 +47,8 @@ def header(packages: Sequence[str] = ("jax", "jaxlib", "flax", "optax", "torch",
       f"{platform.release()}, Python {platform.python_version()}",
       f"- versions: {', '.join(versions)}",
       f"- XLA_FLAGS: `{flags}`" if flags else "- XLA_FLAGS: (none)",
+      f"- GLIBC_TUNABLES: `{os.environ.get('GLIBC_TUNABLES', '')}`; load average at start: "
+      + " ".join(f"{x:.1f}" for x in os.getloadavg()),
   ])
 
 
