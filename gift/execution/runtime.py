@@ -26,6 +26,16 @@ MARKER = "gift_runtime.json"
 PRESETS: dict[str, tuple[str, ...]] = {
     "ds1000": ("pandas==1.5.3", "numpy==1.26.4", "pyyaml==6.0.2"),
 }
+# Environment pinned per preset, set by the runtime's own `sitecustomize.py` before anything is
+# imported (so it holds under `python -I` in the sandbox, and for any other use of the runtime).
+# DS-1000: numpy 1.26 sorts with AVX-512 (x86-simd-sort) where the CPU has it, which orders ties
+# differently from its generic sort; DS-1000's published scores were computed with the generic
+# sort (codex002 problem 276 relies on the order of ties). Disabling its AVX-512 targets makes
+# scores the same on every CPU (disabling a feature the CPU lacks is a no-op in numpy).
+PRESET_ENV: dict[str, dict[str, str]] = {
+    "ds1000": {"NPY_DISABLE_CPU_FEATURES": "AVX512F AVX512CD AVX512_KNL AVX512_KNM AVX512_SKX "
+                                           "AVX512_CLX AVX512_CNL AVX512_ICL"},
+}
 # Packages whose versions `info` reports (when importable in the runtime).
 REPORTED = ("pandas", "numpy", "pyyaml", "python-dateutil", "pytz")
 
@@ -61,6 +71,7 @@ class RuntimeInfo:
   preset: str = ""
   pins: tuple[str, ...] = ()
   path: str = ""
+  env: dict[str, str] = dataclasses.field(default_factory=dict)
 
   def to_dict(self) -> dict[str, Any]:
     return dataclasses.asdict(self)
@@ -68,6 +79,7 @@ class RuntimeInfo:
   def describe(self) -> str:
     """One line, e.g. `python 3.11.7, pandas 1.5.3, numpy 1.26.4 (preset ds1000)`."""
     pkgs = ", ".join(f"{k} {v}" for k, v in self.packages.items() if k in ("pandas", "numpy"))
+    pkgs += "".join(f", {k}={v}" for k, v in self.env.items())
     where = f" (preset {self.preset}: {self.path})" if self.preset else " (current interpreter)"
     return f"python {self.python_version}, {pkgs}{where}"
 
@@ -104,7 +116,7 @@ def info(runtime_dir: str) -> RuntimeInfo:
     meta = json.load(f)
   probed = probe(python_path(runtime_dir))
   return dataclasses.replace(probed, preset=meta["preset"], pins=tuple(meta["pins"]),
-                             path=os.path.abspath(runtime_dir))
+                             path=os.path.abspath(runtime_dir), env=meta.get("env", {}))
 
 
 def resolve(runtime_dir: str | None) -> RuntimeInfo:
@@ -135,6 +147,14 @@ def create(runtime_dir: str, preset: str = "ds1000", python: str | None = None,
   py = python_path(runtime_dir)
   subprocess.run([py, "-m", "pip", "install", "--no-input", "--disable-pip-version-check",
                   *pip_args, *pins], check=True, stdout=out)
+  env = PRESET_ENV.get(preset, {})
+  if env:
+    site = subprocess.run([py, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    with open(os.path.join(site, "sitecustomize.py"), "w") as f:
+      f.write("# Written by `gift runtime create`: the preset's pinned environment.\n"
+              "import os\n" + "".join(f"os.environ.setdefault({k!r}, {v!r})\n"
+                                     for k, v in env.items()))
   probed = probe(py)
   for pin in pins:
     name, _, want = pin.partition("==")
@@ -143,7 +163,8 @@ def create(runtime_dir: str, preset: str = "ds1000", python: str | None = None,
       raise RuntimeSetupError(f"runtime {runtime_dir!r}: {name} is {got}, expected {want}")
   tmp = os.path.join(runtime_dir, MARKER + ".tmp")
   with open(tmp, "w") as f:
-    json.dump({"preset": preset, "pins": list(pins), "base_python": base}, f, indent=1)
+    json.dump({"preset": preset, "pins": list(pins), "base_python": base, "env": env}, f,
+              indent=1)
   os.replace(tmp, os.path.join(runtime_dir, MARKER))
   return info(runtime_dir)
 
