@@ -23,6 +23,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "export-hf": ("gift.hf:export_main", "convert a gift checkpoint to Hugging Face format"),
 }
 
+# Commands that run model steps: they re-execute once with gift.cpu_env's malloc tunable.
+CPU_HEAVY = ("quickstart", "train", "sample")
+
 
 def _usage() -> str:
     width = max(map(len, COMMANDS))
@@ -44,6 +47,10 @@ def main(argv: list[str] | None = None) -> int:
         hint = f" Did you mean: {', '.join(close)}?" if close else ""
         print(f"gift: unknown command {name!r}.{hint}\n\n{_usage()}", file=sys.stderr)
         return 2
+    if name in CPU_HEAVY:
+        from gift import cpu_env
+
+        cpu_env.reexec_with_cpu_env()  # once, before any work: faster XLA:CPU (see cpu_env)
     module_name, fn_name = COMMANDS[name][0].split(":")
     fn = getattr(importlib.import_module(module_name), fn_name)
     return int(fn(rest) or 0)
