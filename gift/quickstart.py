@@ -318,10 +318,18 @@ def stage_report(cfg: Any, workdir: str, card: dict, runs: dict, results: dict,
       lines.append(f"| {name} ({runs[name]['spec_kind']}) | {kind} | {pct(r['greedy_pass@1'])} | "
                    + " | ".join(pct(r.get(k)) for k in ks) + " |")
   delta = g["io_summary"]["greedy_pass@1"] - g["none"]["greedy_pass@1"]
+  # One standard error of the difference of two pass rates over the same N tasks (binomial,
+  # treating the two as independent: an upper bound for paired samples).
+  n_tasks = max(1, results["tasks"])
+  se = sum(p * (1 - p) for p in (g["io_summary"]["greedy_pass@1"],
+                                 g["none"]["greedy_pass@1"])) ** 0.5 / n_tasks ** 0.5
+  verdict = ("within noise" if abs(delta) < 2 * se else
+             "a gain from the spec" if delta > 0 else "a loss from the spec")
   lines += ["", "![pass@k](passk.png)", "", "## The GIFT effect in miniature", "",
             f"- gift model, greedy pass@1 with `io_summary` specs vs without specs: "
             f"{pct(g['io_summary']['greedy_pass@1'])}% vs {pct(g['none']['greedy_pass@1'])}% "
-            f"({'+' if delta >= 0 else ''}{100 * delta:.1f} points)."]
+            f"({'+' if delta >= 0 else ''}{100 * delta:.1f} points; one standard error of the "
+            f"difference over {results['tasks']} tasks is {100 * se:.1f} points: {verdict})."]
   if "no_spec" in results["models"]:
     b = results["models"]["no_spec"]["none"]["greedy_pass@1"]
     lines.append(f"- ungrounded baseline (trained without specs), no spec at inference: "
