@@ -3,24 +3,25 @@
 Every command is a function `main(argv: list[str]) -> int | None` in the module named below; it
 is imported only when run, so `gift exec` never pays for importing JAX.
 """
+
 from __future__ import annotations
 
 import importlib
 import sys
 
 COMMANDS: dict[str, tuple[str, str]] = {
-    # name: (module:function, one-line help)
-    "quickstart": ("gift.quickstart:main", "the whole GIFT loop on CPU: data, train, eval, report"),
-    "plan": ("gift.plan:main", "parameter count, FLOPs/token and memory per device of a config"),
-    "tokenizer": ("gift.tokenizer:main", "train a code-friendly SentencePiece model"),
-    "build-data": ("gift.synth.build:main", "build GIFT records from executed samples"),
-    "train": ("gift.train:main", "train or fine-tune a model from a config"),
-    "sample": ("gift.sample:main", "sample completions from a checkpoint"),
-    "eval": ("gift.eval.cli:main", "execution-based evaluation (DS-1000, ARCADE-style)"),
-    "exec": ("gift.execution.cli:main", "run untrusted code in the sandbox, print a JSON verdict"),
-    "runtime": ("gift.execution.runtime:main", "create a pinned evaluation runtime (virtualenv)"),
-    "import-hf": ("gift.hf:import_main", "convert a Hugging Face Llama/Gemma checkpoint to gift"),
-    "export-hf": ("gift.hf:export_main", "convert a gift checkpoint to Hugging Face format"),
+  # name: (module:function, one-line help)
+  "quickstart": ("gift.quickstart:main", "the whole GIFT loop on CPU: data, train, eval, report"),
+  "plan": ("gift.plan:main", "parameter count, FLOPs/token and memory per device of a config"),
+  "tokenizer": ("gift.tokenizer:main", "train a code-friendly SentencePiece model"),
+  "build-data": ("gift.synth.build:main", "build GIFT records from executed samples"),
+  "train": ("gift.train:main", "train or fine-tune a model from a config"),
+  "sample": ("gift.sample:main", "sample completions from a checkpoint"),
+  "eval": ("gift.eval.cli:main", "execution-based evaluation (DS-1000, ARCADE-style)"),
+  "exec": ("gift.execution.cli:main", "run untrusted code in the sandbox, print a JSON verdict"),
+  "runtime": ("gift.execution.runtime:main", "create a pinned evaluation runtime (virtualenv)"),
+  "import-hf": ("gift.hf:import_main", "convert a Hugging Face Llama/Gemma checkpoint to gift"),
+  "export-hf": ("gift.hf:export_main", "convert a gift checkpoint to Hugging Face format"),
 }
 
 # Commands that run model steps: they re-execute once with gift.cpu_env's malloc tunable.
@@ -28,33 +29,33 @@ CPU_HEAVY = ("quickstart", "train", "sample")
 
 
 def _usage() -> str:
-    width = max(map(len, COMMANDS))
-    lines = ["usage: gift <command> [args]  (gift <command> --help for its flags)", "", "commands:"]
-    lines += [f"  {name:<{width}}  {help_}" for name, (_, help_) in COMMANDS.items()]
-    return "\n".join(lines)
+  width = max(map(len, COMMANDS))
+  lines = ["usage: gift <command> [args]  (gift <command> --help for its flags)", "", "commands:"]
+  lines += [f"  {name:<{width}}  {help_}" for name, (_, help_) in COMMANDS.items()]
+  return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] in ("-h", "--help", "help"):
-        print(_usage())
-        return 0
-    name, rest = argv[0], argv[1:]
-    if name not in COMMANDS:
-        import difflib
+  argv = list(sys.argv[1:] if argv is None else argv)
+  if not argv or argv[0] in ("-h", "--help", "help"):
+    print(_usage())
+    return 0
+  name, rest = argv[0], argv[1:]
+  if name not in COMMANDS:
+    import difflib
 
-        close = difflib.get_close_matches(name, COMMANDS, n=3)
-        hint = f" Did you mean: {', '.join(close)}?" if close else ""
-        print(f"gift: unknown command {name!r}.{hint}\n\n{_usage()}", file=sys.stderr)
-        return 2
-    if name in CPU_HEAVY:
-        from gift import cpu_env
+    close = difflib.get_close_matches(name, COMMANDS, n=3)
+    hint = f" Did you mean: {', '.join(close)}?" if close else ""
+    print(f"gift: unknown command {name!r}.{hint}\n\n{_usage()}", file=sys.stderr)
+    return 2
+  if name in CPU_HEAVY:
+    from gift import cpu_env
 
-        cpu_env.reexec_with_cpu_env()  # once, before any work: faster XLA:CPU (see cpu_env)
-    module_name, fn_name = COMMANDS[name][0].split(":")
-    fn = getattr(importlib.import_module(module_name), fn_name)
-    return int(fn(rest) or 0)
+    cpu_env.reexec_with_cpu_env()  # once, before any work: faster XLA:CPU (see cpu_env)
+  module_name, fn_name = COMMANDS[name][0].split(":")
+  fn = getattr(importlib.import_module(module_name), fn_name)
+  return int(fn(rest) or 0)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+  sys.exit(main())

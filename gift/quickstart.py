@@ -86,8 +86,12 @@ def get_config(arg: str | None = None) -> config_lib.ConfigDict:
   return c
 
 
-def _done(path: str) -> bool:
-  return os.path.exists(path)
+def _finished(path: str) -> dict | None:
+  """A stage's saved summary if the stage finished in an earlier run (so this one resumes)."""
+  if not os.path.exists(path):
+    return None
+  with open(path, encoding="utf-8") as f:
+    return json.load(f)
 
 
 def _mark(path: str, payload: Any) -> None:
@@ -108,9 +112,8 @@ def stage_data(cfg: Any, workdir: str) -> dict:
   from gift.synth import build
   data_dir = os.path.join(workdir, "data")
   marker = os.path.join(data_dir, "card.json")
-  if _done(marker):
-    with open(marker, encoding="utf-8") as f:
-      card = json.load(f)
+  card = _finished(marker)
+  if card:
     print(f"data: done ({card['kept']} examples) -> {card['dataset_dir']}")
     return card
   os.makedirs(data_dir, exist_ok=True)
@@ -123,7 +126,7 @@ def stage_tokenizer(cfg: Any, workdir: str, dataset_dir: str) -> str:
   from gift import tokenizer as tokenizer_lib
   from gift.data import prompts, records
   path = os.path.join(workdir, "tokenizer.model")
-  if _done(path):
+  if os.path.exists(path):
     print(f"tokenizer: done -> {path}")
     return path
   train = records.load_split(dataset_dir, "train")
@@ -155,14 +158,13 @@ def train_config(cfg: Any, dataset_dir: str, tokenizer_path: str, spec_kind: str
 def stage_train(cfg: Any, run_dir: str, dataset_dir: str, tokenizer_path: str,
                 spec_kind: str) -> dict:
   from gift import metrics, train
+  from gift.model import transformer
   marker = os.path.join(run_dir, "train_done.json")
-  if _done(marker):
-    with open(marker, encoding="utf-8") as f:
-      summary = json.load(f)
+  summary = _finished(marker)
+  if summary:
     print(f"train ({spec_kind}): done ({summary.get('step')} steps) -> {run_dir}")
     return summary
   summary = train.train(train_config(cfg, dataset_dir, tokenizer_path, spec_kind), run_dir)
-  from gift.model import transformer
   summary = dict(summary, spec_kind=spec_kind,
                  params=transformer.param_count(config_lib.model_config(cfg)),
                  metrics=metrics.read_jsonl(os.path.join(run_dir, "metrics.jsonl")))
@@ -180,12 +182,11 @@ def stage_eval(cfg: Any, workdir: str, card: dict, runs: dict[str, dict]) -> dic
   from gift.synth import build
 
   path = os.path.join(workdir, "eval", "results.json")
-  if _done(path):
-    with open(path, encoding="utf-8") as f:
-      results = json.load(f)
-    if set(results["models"]) == set(runs):
-      print(f"eval: done -> {path}")
-      return results
+  done = (_finished(path) or {}).get("models", {})
+  todo = [name for name in runs if name not in done]  # e.g. the baseline of a later --ablation
+  if not todo:
+    print(f"eval: done -> {path}")
+    return _finished(path)
   os.makedirs(os.path.dirname(path), exist_ok=True)
   data_dir = os.path.join(workdir, "data")
   ctxs, _ = build.load_contexts(cfg.synth, data_dir, cfg.seed)
@@ -199,14 +200,14 @@ def stage_eval(cfg: Any, workdir: str, card: dict, runs: dict[str, dict]) -> dic
   tasks = tasks[::stride][:cfg.quickstart.eval_problems]
   s, n, ks = cfg.sample, cfg.sample.n, tuple(cfg.quickstart.pass_k)
   results = {"tasks": len(tasks), "contexts": len({t.notebook_name for t in tasks}),
-             "n": n, "temperature": s.temperature, "top_p": s.top_p, "models": {}}
+             "n": n, "temperature": s.temperature, "top_p": s.top_p, "models": dict(done)}
   e = cfg.execution
   with Sandbox(num_workers=e.num_workers, timeout_s=e.timeout_s, memory_mb=e.memory_mb) as box:
     refs = arcade.reference_outputs(box, tasks)
     tasks = [t for t in tasks if isinstance(refs[t.task_id], arcade.Output)]
     results["tasks"] = len(tasks)
-    for model_name, run in runs.items():
-      sampler = Sampler.from_checkpoint(run["workdir"], batch_size=s.batch_size)
+    for model_name in todo:
+      sampler = Sampler.from_checkpoint(runs[model_name]["workdir"], batch_size=s.batch_size)
       per_kind = {}
       for kind in SPEC_KINDS:
         t0 = time.time()

@@ -8,7 +8,14 @@ from gift import quickstart
 
 def test_quickstart_tiny_end_to_end_then_resumes(tmp_path, capsys):
   workdir = str(tmp_path / "qs")
+  assert quickstart.main(["--tiny", "--workdir", workdir]) == 0
+  first = json.load(open(os.path.join(workdir, "eval", "results.json")))
+  assert set(first["models"]) == {"gift"}
+  capsys.readouterr()
+  # --ablation later: the finished stages are kept, only the baseline is trained and evaluated.
   assert quickstart.main(["--tiny", "--ablation", "--workdir", workdir]) == 0
+  out = capsys.readouterr().out
+  assert "data: done" in out and "train (mixture): done" in out
   report = open(os.path.join(workdir, "report.md"), encoding="utf-8").read()
   assert "miniature of the GIFT method" in report
   for kind in quickstart.SPEC_KINDS:
@@ -20,6 +27,7 @@ def test_quickstart_tiny_end_to_end_then_resumes(tmp_path, capsys):
     assert os.path.getsize(os.path.join(workdir, png)) > 1000
   results = json.load(open(os.path.join(workdir, "eval", "results.json")))
   assert results["tasks"] > 0 and set(results["models"]) == {"gift", "no_spec"}
+  assert results["models"]["gift"] == first["models"]["gift"]
   for per_kind in results["models"].values():
     for r in per_kind.values():
       assert 0.0 <= r["greedy_pass@1"] <= 1.0 and 0.0 <= r["pass@2"] <= 1.0
