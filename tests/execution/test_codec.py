@@ -131,8 +131,9 @@ def test_values_of_the_pinned_runtime_survive_a_trip_through_this_pandas(tmp_pat
   """pandas 1.5 (pytz, "M" aliases) -> this pandas -> pandas 1.5 compares equal there; needs
   GIFT_DS1000_RUNTIME (a `gift runtime create --preset ds1000` dir)."""
   rt = os.environ.get("GIFT_DS1000_RUNTIME")
-  if not rt:
-    pytest.skip("GIFT_DS1000_RUNTIME is not set")
+  if not rt or not os.path.isfile(os.path.join(rt, "gift_runtime.json")):
+    pytest.skip("GIFT_DS1000_RUNTIME does not name a built runtime (tests/eval/test_runtime.py "
+                "builds one there)")
   make = textwrap.dedent(f"""\
       import importlib.util, json, sys
       import pandas as pd
