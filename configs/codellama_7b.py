@@ -17,21 +17,9 @@ def get_config(arg=None):
   del arg
   c = gc.base_config()
   gc.with_preset(c, "codellama_7b", dtype="bfloat16", remat_policy="nothing_saveable")
+  gc.open_recipe(c)
   c.mesh.data, c.mesh.fsdp, c.mesh.tensor = 1, -1, 1
-  c.data.source = "tfds"
-  c.data.spec_kind = "mixture"
-  c.data.seq_len = 2048
   c.train.batch_size = 64  # packed rows: ~131k tokens per step
   c.train.grad_accum = 2
   c.train.num_steps = 2000
-  c.train.lr = 2e-5
-  c.train.warmup_steps = 10
-  c.train.schedule = "cosine"
-  c.train.end_lr_ratio = 0.0
-  c.train.weight_decay = 0.0
-  c.train.log_every = 10
-  c.train.eval_every = 200
-  c.train.eval_steps = 8
-  c.checkpoint.every = 200
-  c.checkpoint.keep = 3
   return c

@@ -16,23 +16,14 @@ def get_config(arg=None):
   del arg
   c = gc.base_config()
   gc.with_preset(c, "paper_62b", dtype="bfloat16", remat_policy="nothing_saveable")
+  gc.open_recipe(c)
   c.mesh.data, c.mesh.fsdp, c.mesh.tensor = 1, -1, 4
-  c.data.source = "tfds"
-  c.data.spec_kind = "mixture"
-  c.data.seq_len = 2048
   c.train.batch_size = 256  # packed rows: ~524k tokens per step
   c.train.num_steps = 1000
-  c.train.lr = 2e-5
-  c.train.warmup_steps = 10
-  c.train.schedule = "cosine"
-  c.train.end_lr_ratio = 0.0
-  c.train.weight_decay = 0.0
   c.train.grad_clip = 1.0
-  c.train.log_every = 10
   c.train.eval_every = 100
   c.train.eval_steps = 4
   c.train.progress = False  # logs from many hosts: metrics.jsonl and TensorBoard instead
   c.checkpoint.every = 100
   c.checkpoint.keep = 2
-  c.checkpoint.async_save = True
   return c

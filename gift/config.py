@@ -230,5 +230,21 @@ def with_preset(cfg: ConfigDict, name: str, **overrides: Any) -> ConfigDict:
   return cfg
 
 
+def open_recipe(cfg: ConfigDict) -> ConfigDict:
+  """The GIFT4Code authors' open fine-tuning recipe, shared by the experiment configs: GIFT
+  records with a mixture of spec kinds, sequences of 2k tokens, lr 2e-5 with 10 warm-up steps
+  then cosine decay to 0, no weight decay; logs every 10 steps, eval and checkpoints every 200.
+  Configs set the model, mesh, batch and number of steps (about 5 epochs) themselves."""
+  for key, value in [("data.source", "tfds"), ("data.spec_kind", "mixture"),
+                     ("data.seq_len", 2048), ("train.lr", 2e-5), ("train.warmup_steps", 10),
+                     ("train.schedule", "cosine"), ("train.end_lr_ratio", 0.0),
+                     ("train.weight_decay", 0.0), ("train.log_every", 10),
+                     ("train.eval_every", 200), ("train.eval_steps", 8),
+                     ("checkpoint.every", 200), ("checkpoint.keep", 3),
+                     ("checkpoint.async_save", True)]:
+    set_value(cfg, key, value)
+  return cfg
+
+
 def model_config(cfg: ConfigDict) -> presets.ModelConfig:
   return presets.ModelConfig.from_dict(cfg.model)

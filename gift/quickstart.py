@@ -245,6 +245,8 @@ def stage_report(cfg: Any, workdir: str, card: dict, runs: dict, results: dict,
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
 
+  from gift.eval import report as report_lib
+
   ks = [f"pass@{k}" for k in cfg.quickstart.pass_k]
   fig, ax = plt.subplots(figsize=(6, 3.5))
   for name, run in runs.items():
@@ -256,10 +258,7 @@ def stage_report(cfg: Any, workdir: str, card: dict, runs: dict, results: dict,
               label=f"{name} held-out")
   ax.set_xlabel("step"), ax.set_ylabel("loss (code tokens)"), ax.legend()
   ax.set_title("training loss")
-  fig.tight_layout()
-  loss_png = os.path.join(workdir, "loss.png")
-  fig.savefig(loss_png + ".tmp.png", dpi=120)
-  os.replace(loss_png + ".tmp.png", loss_png)
+  report_lib.save_png(fig, os.path.join(workdir, "loss.png"))
   plt.close(fig)
 
   fig, ax = plt.subplots(figsize=(7, 3.5))
@@ -273,10 +272,7 @@ def stage_report(cfg: Any, workdir: str, card: dict, runs: dict, results: dict,
   ax.set_xticklabels([f"{m}\n{k}" for m, k in cols], fontsize=7)
   ax.set_ylabel("% of held-out tasks"), ax.legend(fontsize=7)
   ax.set_title("pass@k by spec kind at inference (held-out contexts)")
-  fig.tight_layout()
-  pass_png = os.path.join(workdir, "passk.png")
-  fig.savefig(pass_png + ".tmp.png", dpi=120)
-  os.replace(pass_png + ".tmp.png", pass_png)
+  report_lib.save_png(fig, os.path.join(workdir, "passk.png"))
   plt.close(fig)
 
   pct = lambda v: "-" if v is None else f"{100 * v:.1f}"

@@ -88,7 +88,7 @@ def plots(results: dict[str, Any], workdir: str) -> list[str]:
   ax.set(xlabel="k", ylabel="pass@k (%)", title=f"{results['benchmark']}: pass@k", xscale="log")
   ax.legend()
   ax.grid(alpha=0.3)
-  paths.append(_save(fig, os.path.join(workdir, "pass_at_k.png")))
+  paths.append(save_png(fig, os.path.join(workdir, "pass_at_k.png")))
   plt.close(fig)
 
   groups = list(next(iter(runs.values()))["pass_at_k"])
@@ -101,12 +101,13 @@ def plots(results: dict[str, Any], workdir: str) -> list[str]:
   ax.set_xticks([j + width * (len(runs) - 1) / 2 for j in range(len(groups))], groups)
   ax.set(ylabel="pass@1 (%)", title=f"{results['benchmark']}: pass@1 by spec kind")
   ax.legend()
-  paths.append(_save(fig, os.path.join(workdir, "spec_kinds.png")))
+  paths.append(save_png(fig, os.path.join(workdir, "spec_kinds.png")))
   plt.close(fig)
   return paths
 
 
-def _save(fig: Any, path: str) -> str:
+def save_png(fig: Any, path: str) -> str:
+  """Writes a matplotlib figure to `path` atomically (temp file, then rename); returns path."""
   tmp = f"{path}.tmp{os.getpid()}.png"
   fig.savefig(tmp, dpi=100, bbox_inches="tight")
   os.replace(tmp, path)
