@@ -304,6 +304,9 @@ def stage_report(cfg: Any, workdir: str, card: dict, runs: dict, results: dict,
   lines += ["", "![loss](loss.png)", "",
             f"## Held-out evaluation ({results['tasks']} tasks from {results['contexts']} "
             "unseen contexts)", "",
+            "Held-out contexts are dataframes no training example came from; the bundled "
+            "generator draws them from the same 24 schemas, with column names re-worded per "
+            "context, so a model must read the names from the prompt.", "",
             f"Greedy pass@1, and pass@k from n={results['n']} samples at temperature "
             f"{results['temperature']} (top-p {results['top_p']}, unbiased estimator). A task "
             "passes when the generated code runs in its notebook context (sandboxed) and its "
