@@ -11,9 +11,13 @@ a batch of 4 x 256 tokens, one causal segment per row, next-token cross-entropy 
 `--cores 1` pins both to one core: a check that is robust to a busy machine (on a loaded 2-core
 box, PyTorch's OpenMP barriers suffer more from preemption than XLA's thread pool).
 
-Both run in this process (re-executed once with `gift.cpu_env`'s huge-page malloc tunable, which
-helps both), taking turns in timing windows (order rotating per round) after a
-warm-up; each figure is the median over windows. The f32 matmul peak of this machine is measured
+Each runner lives in a child process of its own (`common.ChildRunner`), as each library's
+training job would, all with `gift.cpu_env`'s malloc tunables (this process re-executes once
+with them; the children inherit them, and they help both libraries). They take turns in timing
+windows (order rotating per round) after a warm-up; each figure is the median over windows.
+`--same_process` runs them all in this process instead: there the peer's freed tensors fragment
+the heap that gift reuses, so gift's steps sometimes fault in fresh huge pages (see
+BENCHMARKS.md). The f32 matmul peak of this machine is measured
 in the same run (best of JAX and PyTorch on a large square matmul), and MFU is achieved model
 FLOP/s (the MaxText-style analytic count of `gift/flops.py`: 6 x matmul parameters including the
 unembedding, plus causal attention) over that peak. Prints a markdown block for BENCHMARKS.md:
@@ -50,28 +54,38 @@ def parse_args(argv):
   p.add_argument("--attn", default="eager,sdpa", help="peer attention implementations to time")
   p.add_argument("--cores", type=int, default=os.cpu_count(),
                  help="pin the process to the first N cores (XLA's and torch's thread counts)")
-  p.add_argument("--warmup", type=int, default=3, help="untimed steps per runner")
+  p.add_argument("--warmup", type=int, default=12,
+                 help="untimed steps per runner (gift's heap settles within ~10 steps)")
   p.add_argument("--steps", type=int, default=4, help="steps per timing window")
   p.add_argument("--windows", type=int, default=7, help="timing windows per runner")
   p.add_argument("--peak_n", type=int, default=2048, help="size of the matmul-peak matmul")
   p.add_argument("--peak_s", type=float, default=2.0, help="seconds per matmul-peak measurement")
+  p.add_argument("--same_process", action="store_true",
+                 help="run every runner in this process rather than one child process each")
   return p.parse_args(argv)
 
 
-def gift_runner(args, tokens, targets):
-  """(run(k), first loss) for gift's train step on the default (single CPU) device."""
-  import jax
-  import jax.numpy as jnp
-
-  from gift import config as gift_config
-  from gift import step as gift_step
+def model_config(args):
   from gift.model.presets import ModelConfig
-
-  model_cfg = ModelConfig(
+  return ModelConfig(
       vocab_size=args.vocab, num_layers=args.layers, d_model=args.d_model, num_heads=args.heads,
       num_kv_heads=args.kv_heads, head_dim=args.head_dim, mlp_dim=args.mlp,
       max_seq_len=args.seq, norm_eps=1e-5, dtype="float32", param_dtype="float32")
-  train_cfg = gift_config.base_config().train
+
+
+def train_config():
+  from gift import config as gift_config
+  return gift_config.base_config().train
+
+
+def gift_runner(args, tokens, targets):
+  """run(k) -> (loss after k steps, devices) for gift's train step on the default CPU device."""
+  import jax
+  import jax.numpy as jnp
+
+  from gift import step as gift_step
+
+  model_cfg, train_cfg = model_config(args), train_config()
   optimizer = gift_step.make_optimizer(train_cfg)
   params, opt_state = gift_step.init_train_state(model_cfg, optimizer, seed=0)
   train_step = gift_step.make_train_step(model_cfg, optimizer)
@@ -87,17 +101,19 @@ def gift_runner(args, tokens, targets):
       state["params"], state["opt_state"], metrics = train_step(
           state["params"], state["opt_state"], batch)
     jax.block_until_ready(metrics["loss"])
-    return float(metrics["loss"])
+    return float(metrics["loss"]), f"gift devices: {jax.devices()}"
 
-  return model_cfg, train_cfg, run
+  return run
 
 
-def peer_runner(args, train_cfg, attn, tokens, targets):
-  """run(k) for LlamaForCausalLM + AdamW + clipping with `attn` attention."""
+def peer_runner(args, attn, tokens, targets):
+  """run(k) -> (loss, threads) for LlamaForCausalLM + AdamW + clipping with `attn` attention."""
   import torch
   import transformers
 
+  torch.set_num_threads(args.cores)
   torch.manual_seed(0)
+  train_cfg = train_config()
   config = transformers.LlamaConfig(
       vocab_size=args.vocab, hidden_size=args.d_model, intermediate_size=args.mlp,
       num_hidden_layers=args.layers, num_attention_heads=args.heads,
@@ -123,15 +139,14 @@ def peer_runner(args, train_cfg, attn, tokens, targets):
       loss.backward()
       torch.nn.utils.clip_grad_norm_(model.parameters(), train_cfg.grad_clip)
       opt.step()
-    return float(loss.detach())
+    return float(loss.detach()), f"torch threads: {torch.get_num_threads()}"
 
   return run
 
 
 def main(argv=None) -> int:
   args = parse_args(sys.argv[1:] if argv is None else argv)
-  os.sched_setaffinity(0, range(args.cores))  # before JAX sizes its thread pool
-  import jax
+  os.sched_setaffinity(0, range(args.cores))  # before JAX sizes its thread pool (inherited)
   import numpy as np
   import torch
 
@@ -142,20 +157,24 @@ def main(argv=None) -> int:
   tokens = rng.integers(0, args.vocab, (args.batch, args.seq + 1)).astype(np.int32)
   inputs, targets = tokens[:, :-1], tokens[:, 1:]
 
-  model_cfg, train_cfg, gift_run = gift_runner(args, inputs, targets)
-  runners = {"gift (JAX)": gift_run}
+  model_cfg = model_config(args)
+  make = (lambda f, *a: f(*a)) if args.same_process else common.ChildRunner
+  runners = {"gift (JAX)": make(gift_runner, args, inputs, targets)}
   for attn in args.attn.split(","):
-    runners[f"transformers + torch ({attn})"] = peer_runner(args, train_cfg, attn, inputs, targets)
+    runners[f"transformers + torch ({attn})"] = make(peer_runner, args, attn, inputs, targets)
 
-  first_loss = {}
+  first_loss, described = {}, {}
   t0 = time.perf_counter()
   for name, run in runners.items():
-    first_loss[name] = run(1)  # compiles gift's step
+    first_loss[name], about = run(1)  # compiles gift's step
+    described[about] = None
     run(args.warmup)
   warm_s = time.perf_counter() - t0
   peaks = common.matmul_peak(args.peak_n, args.peak_s)
   times = common.interleaved_windows(runners, args.steps, args.windows)
   peaks2 = common.matmul_peak(args.peak_n, args.peak_s)
+  for run in runners.values():
+    getattr(run, "close", lambda: None)()
   peak = max(*peaks.values(), *peaks2.values())
 
   tokens_per_step = args.batch * args.seq
@@ -177,8 +196,8 @@ def main(argv=None) -> int:
   print(f"- model: Llama, vocab {args.vocab}, d_model {args.d_model}, {args.layers} layers, "
         f"{args.heads} heads ({args.kv_heads} kv) x {args.head_dim}, MLP {args.mlp}, untied; "
         f"batch {args.batch} x {args.seq} tokens; AdamW + clip 1.0")
-  print(f"- cores used: {len(os.sched_getaffinity(0))}; gift devices: {jax.devices()}; "
-        f"torch threads: {torch.get_num_threads()}")
+  print(f"- cores used: {len(os.sched_getaffinity(0))}; {'; '.join(described)}; runners in "
+        + ("this process" if args.same_process else "one child process each"))
   print(f"- analytic train FLOPs/token: {flops_per_token / 1e6:.2f} M "
         f"(6 x {gift_flops.matmul_params(model_cfg) / 1e6:.2f} M matmul params + causal attention)")
   print(f"- measured f32 matmul peak ({args.peak_n}^3, before/after): "

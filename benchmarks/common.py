@@ -1,20 +1,24 @@
 """Shared helpers for the benchmark scripts: run header, f32 matmul peak, fair interleaved timing,
 markdown tables.
 
-Each benchmark runs gift and its peer in one process and prints a markdown block for
+Each benchmark runs gift and its peer in one process tree and prints a markdown block for
 BENCHMARKS.md: `header()` (command, date, machine, versions), then `table()` rows.
+`ChildRunner` puts a runner in a child process of its own, so two libraries' allocators and
+thread pools do not interfere with each other's timings.
 """
 from __future__ import annotations
 
 import datetime
 import importlib.metadata
+import multiprocessing
 import os
 import platform
 import shlex
 import statistics
 import sys
 import time
-from typing import Callable, Sequence
+import traceback
+from typing import Any, Callable, Sequence
 
 
 def cpu_name() -> str:
@@ -98,6 +102,54 @@ def interleaved_windows(runners: dict[str, Callable[[int], None]], steps: int, w
       runners[name](steps)
       times[name].append((time.perf_counter() - t0) / steps)
   return times
+
+
+def _serve(conn, factory: Callable[..., Callable[[int], Any]], factory_args: tuple) -> None:
+  """Child side of ChildRunner: build the runner, then run(k) for each k received until None."""
+  try:
+    run = factory(*factory_args)
+    conn.send(("ok", None))
+    while (k := conn.recv()) is not None:
+      conn.send(("ok", run(k)))
+  except Exception:  # reported to the parent, which raises it
+    conn.send(("error", traceback.format_exc()))
+
+
+class ChildRunner:
+  """`run(k)` executed in a child process (multiprocessing "spawn", so nothing but the factory's
+  own imports is loaded there): `factory(*factory_args)` is called in the child and must return
+  the runner. Calls block until the child has finished the k steps; the pipe round trip adds
+  ~0.1 ms. Each child keeps its own malloc heap and thread pools, as a real training job would:
+  in one process, one library's freed tensors fragment the heap the other reuses, and its
+  worker threads compete for the cores."""
+
+  def __init__(self, factory: Callable[..., Callable[[int], Any]], *factory_args):
+    ctx = multiprocessing.get_context("spawn")
+    self._conn, child_conn = ctx.Pipe()
+    self._proc = ctx.Process(target=_serve, args=(child_conn, factory, factory_args), daemon=True)
+    self._proc.start()
+    child_conn.close()
+    self._reply()
+
+  def _reply(self):
+    try:
+      status, value = self._conn.recv()
+    except EOFError:
+      raise RuntimeError(f"benchmark child process died (exit code {self._proc.exitcode})")
+    if status == "error":
+      raise RuntimeError(f"benchmark child process failed:\n{value}")
+    return value
+
+  def __call__(self, k: int):
+    self._conn.send(k)
+    return self._reply()
+
+  def close(self) -> None:
+    if self._proc.is_alive():
+      self._conn.send(None)
+    self._proc.join(timeout=30)
+    if self._proc.is_alive():
+      self._proc.kill()
 
 
 def median(xs: Sequence[float]) -> float:

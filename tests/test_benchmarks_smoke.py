@@ -27,6 +27,7 @@ def test_bench_train_tiny_prints_table_with_ratio(repo_root):
              "--windows", "2", "--peak_n", "256", "--peak_s", "0.2")
   assert "- command: `python benchmarks/bench_train.py --vocab 512" in out
   assert "gift devices: [CpuDevice(id=0)]" in out  # one real device, no fake ones
+  assert "runners in one child process each" in out
   rows = {m.group(1).strip(): m.group(2) for m in re.finditer(r"^\| (gift[^|]*|transformers[^|]*)"
                                                                  r"\|(.*)\|$", out, re.M)}
   assert set(rows) == {"gift (JAX)", "transformers + torch (sdpa) (reference)"}, out

@@ -1,5 +1,6 @@
-"""gift.cpu_env: the glibc huge-page tunable is added once, keeps the user's tunables, and the
-re-executed process sees it (and does not re-execute again)."""
+"""gift.cpu_env: the glibc tunables are added once, keep the user's choices, the re-executed
+process sees them (and does not re-execute again), and they do what they are for: a large
+buffer freed and allocated again by a worker thread is reused instead of faulted in anew."""
 import os
 import platform
 import subprocess
@@ -9,20 +10,58 @@ import pytest
 
 from gift import cpu_env
 
+ALL = ":".join(f"{k}={v}" for k, v in cpu_env.TUNABLES.items())
+glibc_only = pytest.mark.skipif(sys.platform != "linux" or platform.libc_ver()[0] != "glibc",
+                                reason="the tunables are glibc's")
+
 
 def test_wanted_env_appends_and_respects_user_choice():
-  assert cpu_env.wanted_env({}) == {"GLIBC_TUNABLES": cpu_env.TUNABLE}
-  assert cpu_env.wanted_env({"GLIBC_TUNABLES": "glibc.malloc.arena_max=2"}) == {
-      "GLIBC_TUNABLES": f"glibc.malloc.arena_max=2:{cpu_env.TUNABLE}"}
-  assert cpu_env.wanted_env({"GLIBC_TUNABLES": "glibc.malloc.hugetlb=0"}) == {}
+  assert cpu_env.wanted_env({}) == {"GLIBC_TUNABLES": ALL}
+  # The user's arena_max stays; the other three are appended after it.
+  got = cpu_env.wanted_env({"GLIBC_TUNABLES": "glibc.malloc.arena_max=2"})["GLIBC_TUNABLES"]
+  assert got.split(":") == ["glibc.malloc.arena_max=2"] + [
+      f"{k}={v}" for k, v in cpu_env.TUNABLES.items() if k != "glibc.malloc.arena_max"]
+  assert cpu_env.wanted_env({"GLIBC_TUNABLES": ALL}) == {}
+  assert cpu_env.wanted_env({"GLIBC_TUNABLES": "glibc.malloc.hugetlb=0:" + ALL}) == {}
 
 
-@pytest.mark.skipif(sys.platform != "linux" or platform.libc_ver()[0] != "glibc",
-                    reason="the tunable is glibc's")
-def test_reexec_applies_tunable_once():
+@glibc_only
+def test_reexec_applies_tunables_once():
   code = ("import os; print('start', flush=True); from gift import cpu_env; "
           "cpu_env.reexec_with_cpu_env(); print(os.environ['GLIBC_TUNABLES'])")
-  env = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
+  env = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", cpu_env._DONE)}
   out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                        timeout=60, check=True).stdout.split()
-  assert out == ["start", "start", cpu_env.TUNABLE]  # ran twice, then stopped with it set
+  assert out == ["start", "start", ALL]  # ran twice, then stopped with them set
+
+
+_FAULTS = """
+import resource, threading
+import numpy as np
+def work():
+  for _ in range(6):
+    a = np.ones(96 << 17)  # 96 MiB: more than a thread arena's 64 MiB heap
+    del a
+work()  # the first pass may fault everything in; count the second
+t = threading.Thread(target=work)
+f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+t.start(); t.join()
+print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0)
+"""
+
+
+@glibc_only
+def test_tunables_reuse_large_buffers_of_worker_threads():
+  def faults(tunables):
+    env = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", cpu_env._DONE)}
+    if tunables:
+      env["GLIBC_TUNABLES"] = tunables
+    out = subprocess.run([sys.executable, "-c", _FAULTS], env=env, capture_output=True,
+                         text=True, timeout=120, check=True).stdout
+    return int(out.split()[-1])
+
+  default, tuned = faults(""), faults(ALL)
+  # Default glibc: six fresh mmaps of 96 MiB, each faulted in (>= 48 huge pages, or 24k small
+  # pages); tuned: the heap block from the first pass is reused.
+  assert default >= 6 * 40, default
+  assert tuned * 5 < default, (tuned, default)
