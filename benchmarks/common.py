@@ -56,22 +56,27 @@ def header(packages: Sequence[str] = ("jax", "jaxlib", "flax", "optax", "torch",
   ])
 
 
-def matmul_peak(n: int = 2048, seconds: float = 2.0) -> dict[str, float]:
-  """Achieved f32 FLOP/s of a square [n, n] @ [n, n] matmul in JAX (XLA) and in PyTorch, each
-  the best of repeated timed calls over about `seconds`. The max of the two is this machine's
-  measured matmul peak, the denominator of MFU in the benchmarks."""
-  import jax
-  import jax.numpy as jnp
+def matmul_peak(n: int = 2048, seconds: float = 2.0,
+                libs: Sequence[str] = ("jax", "torch")) -> dict[str, float]:
+  """Achieved f32 FLOP/s of a square [n, n] @ [n, n] matmul on the CPU in JAX (XLA) and in
+  PyTorch (`libs`), each the best of repeated timed calls over about `seconds`. The max is this
+  machine's measured matmul peak, the denominator of MFU in the CPU benchmarks."""
   import numpy as np
-  import torch
 
   flops = 2.0 * n ** 3
   a = np.random.default_rng(0).standard_normal((n, n), dtype=np.float32)
-  dot = jax.jit(jnp.dot)
-  a_jax = jnp.asarray(a)
-  a_torch = torch.from_numpy(a)
-  runs = {"jax": lambda: dot(a_jax, a_jax).block_until_ready(),
-          "torch": lambda: torch.mm(a_torch, a_torch)}
+  runs = {}
+  if "jax" in libs:
+    import jax
+    import jax.numpy as jnp
+    cpu = jax.devices("cpu")[0]
+    dot = jax.jit(jnp.dot)
+    a_jax = jax.device_put(a, cpu)
+    runs["jax"] = lambda: dot(a_jax, a_jax).block_until_ready()
+  if "torch" in libs:
+    import torch
+    a_torch = torch.from_numpy(a)
+    runs["torch"] = lambda: torch.mm(a_torch, a_torch)
   out = {}
   for name, fn in runs.items():
     fn()  # compile / warm the kernels

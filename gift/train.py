@@ -65,7 +65,7 @@ def main(argv: list[str]) -> int:
 
 def _check_same_model(model_cfg, other, where: str) -> None:
   """The shape fields must agree (numerics such as dtype or remat may differ)."""
-  free = {"dtype", "remat_policy", "scan_layers", "max_seq_len"}
+  free = {"dtype", "remat_policy", "scan_layers", "max_seq_len", "attention_impl"}
   diff = {f.name: (getattr(other, f.name), getattr(model_cfg, f.name))
           for f in dataclasses.fields(model_cfg)
           if f.name not in free and getattr(other, f.name) != getattr(model_cfg, f.name)}

@@ -38,3 +38,18 @@ def test_bench_train_tiny_prints_table_with_ratio(repo_root):
     assert abs(float(loss) - math.log(vocab)) < 1.5  # both models start near uniform
   ratio = float(re.search(r"throughput ratio: ([\d.]+)x", out).group(1))
   assert ratio > 0
+
+
+def test_bench_mfu_tiny_runs_gift_and_the_peer_and_reports_mfu(repo_root):
+  out = _run(repo_root, "bench_mfu.py", "--preset", "test_tiny", "--dtype", "float32",
+             "--batch", "2", "--seq", "32", "--warmup", "1", "--steps", "1", "--windows", "2",
+             "--peer", "cpu")
+  assert "the f32 matmul peak measured here ('cpu' is not in gift.flops.PEAK_FLOPS)" in out
+  rows = {m.group(1).strip(): m.group(2) for m in re.finditer(r"^\| (gift[^|]*|transformers[^|]*)"
+                                                                 r"\|(.*)\|$", out, re.M)}
+  assert set(rows) == {"gift (JAX)", "transformers + torch (cpu)"}, out
+  for cells in rows.values():
+    step_ms, tokens_s, _, mfu, loss = [c.strip() for c in cells.split("|")]
+    assert float(step_ms) > 0 and float(tokens_s.replace(",", "")) > 0
+    assert 0 < float(mfu.rstrip("%")) < 100 and math.isfinite(float(loss))
+  assert re.search(r"gift MFU: [\d.]+%", out) and "gift / peer throughput ratio" in out

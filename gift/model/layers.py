@@ -139,14 +139,23 @@ def attention_mask(q_segment_bt: Array, q_slot_bt: Array, kv_segment_bs: Array,
   return same & causal & (q_segment_bt != 0)[:, :, None]
 
 
-def attend(q_btnh: Array, k_bskh: Array, v_bskh: Array, mask_bts: Array) -> Array:
+ATTENTION_IMPLS = ("default", "xla", "cudnn")
+
+
+def attend(q_btnh: Array, k_bskh: Array, v_bskh: Array, mask_bts: Array,
+           impl: str = "default") -> Array:
   """Scaled dot-product attention with GQA/MQA; scores and softmax in float32.
 
   q [B,T,N,H] (already rotated), k/v [B,S,K,H], N % K == 0; query scale 1/sqrt(H).
-  Returns [B, T, N, H] in q's dtype.
+  Returns [B, T, N, H] in q's dtype. `impl` (ModelConfig.attention_impl) "xla" or "cudnn" hands
+  self-attention (T == S, slot i = position i) to `jax.nn.dot_product_attention`.
   """
   b, t, n, h = q_btnh.shape
   k = k_bskh.shape[2]
+  if impl not in ATTENTION_IMPLS:
+    raise ValueError(f"model.attention_impl={impl!r}; expected one of {ATTENTION_IMPLS}")
+  if impl != "default" and t == k_bskh.shape[1]:
+    return _attend_jax_nn(q_btnh, k_bskh, v_bskh, mask_bts, impl)
   q_btkgh = (q_btnh * jnp.asarray(h ** -0.5, q_btnh.dtype)).reshape(b, t, k, n // k, h)
   if t == k_bskh.shape[1] and _cpu_float32(q_btnh, k_bskh, v_bskh):  # training, no cache
     return _attend_cpu(q_btkgh, k_bskh, v_bskh, mask_bts).reshape(b, t, n, h)
@@ -156,6 +165,22 @@ def attend(q_btnh: Array, k_bskh: Array, v_bskh: Array, mask_bts: Array) -> Arra
   probs_bkgts = jax.nn.softmax(logits_bkgts, axis=-1).astype(v_bskh.dtype)
   out_btkgh = jnp.einsum("bkgts,bskh->btkgh", probs_bkgts, v_bskh)
   return out_btkgh.reshape(b, t, n, h)
+
+
+def _attend_jax_nn(q_btnh: Array, k_bskh: Array, v_bskh: Array, mask_bts: Array,
+                   impl: str) -> Array:
+  """`attend` by `jax.nn.dot_product_attention` (is_causal: the mask is causal already, and
+  cuDNN then skips the upper triangle). Each token also sees itself, so padding rows (segment 0,
+  which see nothing in `mask_bts`) are never fully masked: fused kernels may return NaN for
+  those, and a NaN times a zero loss weight is still NaN in the gradient. Real tokens never
+  see padding, so their outputs are unchanged."""
+  if impl == "cudnn" and q_btnh.dtype not in (jnp.bfloat16, jnp.float16):
+    raise ValueError(f"model.attention_impl='cudnn' needs model.dtype bfloat16 or float16, "
+                     f"got {q_btnh.dtype}")
+  t = q_btnh.shape[1]
+  mask_b1ts = (mask_bts | jnp.eye(t, dtype=bool)[None])[:, None]
+  return jax.nn.dot_product_attention(q_btnh, k_bskh, v_bskh, mask=mask_b1ts, is_causal=True,
+                                      implementation=impl)
 
 
 def _attend_cpu(q_btkgh: Array, k_bskh: Array, v_bskh: Array, mask_bts: Array) -> Array:

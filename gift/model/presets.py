@@ -32,6 +32,10 @@ class ModelConfig:
     remat_policy: "none" | "full" | "dots_saveable" | "dots_with_no_batch_dims_saveable" |
       "nothing_saveable" (jax.checkpoint_policies names) for the scanned block.
     scan_layers: scan over stacked layer weights (fixed checkpoint layout: leading L axis).
+    attention_impl: training/prefill attention without a cache: "default" (gift's einsum form;
+      on CPU in float32 with hand-written row-major gradients), "xla" or "cudnn"
+      (`jax.nn.dot_product_attention`; "cudnn" is cuDNN flash attention on NVIDIA GPUs, bf16 or
+      f16, causal work skipped). Decoding with a KV cache always uses "default".
   """
 
   vocab_size: int = 256
@@ -52,6 +56,7 @@ class ModelConfig:
   param_dtype: str = "float32"
   remat_policy: str = "none"
   scan_layers: bool = True
+  attention_impl: str = "default"
 
   def replace(self, **kw: Any) -> "ModelConfig":
     return dataclasses.replace(self, **kw)

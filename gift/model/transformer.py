@@ -199,7 +199,8 @@ def apply(cfg: ModelConfig, params: Params, tokens_bt: Array, positions_bt: Arra
                                             (0, cache.index, 0, 0))
       v_btkh = jax.lax.dynamic_update_slice(v_cache_bskh, v_btkh.astype(v_cache_bskh.dtype),
                                             (0, cache.index, 0, 0))
-    y_btnh = layers.attend(q_btnh, k_btkh.astype(dtype), v_btkh.astype(dtype), mask_bts)
+    y_btnh = layers.attend(q_btnh, k_btkh.astype(dtype), v_btkh.astype(dtype), mask_bts,
+                           cfg.attention_impl if cache is None else "default")
     x_btd = x_btd + layers.out_proj(p["attn"], y_btnh)
     h_btd = layers.rms_norm(x_btd, p["mlp_norm"]["scale"], cfg.norm_eps, cfg.norm_plus_one)
     x_btd = x_btd + layers.gated_mlp(p["mlp"], h_btd, cfg.mlp_activation)

@@ -191,3 +191,51 @@ def test_embed_scale_multiplies_by_sqrt_d_model():
   x = table[np.asarray(tokens[0])] * 8.0  # sqrt(64)
   want = (x / np.sqrt(np.mean(x ** 2, -1, keepdims=True) + 1.0)) @ table.T
   np.testing.assert_allclose(logits[0], want, rtol=1e-4, atol=1e-5)
+
+
+def _packed_batch():
+  """Two rows: [segment 1 (5) | segment 2 (7) | padding (3)] and one full segment of 15."""
+  segments = jnp.array([[1] * 5 + [2] * 7 + [0] * 3, [1] * 15], jnp.int32)
+  positions = jnp.array([list(range(5)) + list(range(7)) + [0] * 3, list(range(15))], jnp.int32)
+  return _tokens(2, 15, seed=21), positions, segments
+
+
+@pytest.mark.parametrize("cfg", [TINY, GEMMA_LIKE], ids=["llama-gqa", "gemma-mqa"])
+def test_attention_impl_xla_equals_default_with_packing_and_padding(cfg):
+  """jax.nn.dot_product_attention (the path "cudnn" also takes, with the cuDNN kernel) gives
+  gift's logits and gradients on packed rows with padding; padding rows stay finite."""
+  params = tr.init_params(cfg, jax.random.key(22))
+  tokens, positions, segments = _packed_batch()
+  weight = (segments != 0).astype(jnp.float32)
+
+  def loss(c, p):
+    logits, _ = tr.apply(c, p, tokens, positions, segments)
+    xent = jax.nn.logsumexp(logits, -1) - jnp.take_along_axis(
+        logits, jnp.roll(tokens, -1, 1)[..., None], -1)[..., 0]
+    return jnp.sum(xent * weight), logits
+
+  (ref, ref_logits), ref_grads = jax.value_and_grad(loss, 1, has_aux=True)(cfg, params)
+  alt = cfg.replace(attention_impl="xla")
+  (got, got_logits), grads = jax.jit(jax.value_and_grad(loss, 1, has_aux=True),
+                                     static_argnums=0)(alt, params)
+  assert np.isfinite(np.asarray(got_logits)).all()
+  np.testing.assert_allclose(got_logits * weight[..., None], ref_logits * weight[..., None],
+                             rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(got, ref, rtol=1e-5)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), grads,
+               ref_grads)
+  # Decoding with a cache keeps the default path whatever the setting.
+  cache = tr.init_cache(alt, batch_size=2, max_len=16)
+  logits, _ = tr.apply(alt, params, tokens, positions, segments, cache)
+  np.testing.assert_allclose(logits * weight[..., None], ref_logits * weight[..., None],
+                             rtol=1e-5, atol=1e-5)
+
+
+def test_attention_impl_errors_name_the_key():
+  tokens, positions = _tokens(1, 4), _positions(1, 4)
+  with pytest.raises(ValueError, match="attention_impl='flash'"):
+    jax.eval_shape(lambda p: tr.apply(TINY.replace(attention_impl="flash"), p, tokens, positions),
+                   tr.abstract_params(TINY))
+  with pytest.raises(ValueError, match="attention_impl='cudnn' needs model.dtype bfloat16"):
+    jax.eval_shape(lambda p: tr.apply(TINY.replace(attention_impl="cudnn"), p, tokens, positions),
+                   tr.abstract_params(TINY))
