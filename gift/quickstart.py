@@ -11,7 +11,9 @@ Stages (each resumes: a finished stage is skipped, an interrupted one continues)
                 the prompt, execute it, and compare the output with the reference's
                 (pass@1 greedy, pass@k sampled).
   5. report     report.md with tables and PNG plots.
-With `--ablation`, also train the ungrounded baseline (no specs in training) and evaluate it.
+With `--ablation`, also train and evaluate two ungrounded baselines (no specs in training): one for
+the same steps as the gift model (more code tokens: its prompts are shorter), one stopped at the
+gift model's count of code tokens (the same examples for the same number of epochs).
 
 Everything is configured by `get_config()` below (embedded defaults: CPU, no network), and any key
 can be overridden like other commands: `gift quickstart --config.train.num_steps=50`.
@@ -19,6 +21,7 @@ can be overridden like other commands: `gift quickstart --config.train.num_steps
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import sys
@@ -238,6 +241,13 @@ def stage_eval(cfg: Any, workdir: str, card: dict, runs: dict[str, dict]) -> dic
   return results
 
 
+def _code_tokens(run: dict) -> float:
+  """Code (loss) tokens a run trained on, estimated from its logged steps: mean tokens per
+  logged step x steps."""
+  logged = [m["num_tokens"] for m in run["metrics"] if "loss" in m and "num_tokens" in m]
+  return sum(logged) / max(1, len(logged)) * run["step"]
+
+
 def stage_report(cfg: Any, workdir: str, card: dict, runs: dict, results: dict,
                  seconds: float) -> str:
   """report.md with the spec comparison, the loss curve and pass@k plots."""
@@ -294,12 +304,10 @@ def stage_report(cfg: Any, workdir: str, card: dict, runs: dict, results: dict,
       f"- stages: {card['stages']}; dropped: {card['drop_reasons']}", "",
       "## Training", "",
   ]
-  code_tokens = {}  # estimated from the logged steps: mean loss tokens per step x steps
+  code_tokens = {name: _code_tokens(run) for name, run in runs.items()}
   for name, run in runs.items():
     rows = [m for m in run["metrics"] if "loss" in m]
     ev = [m for m in run["metrics"] if "eval_loss" in m]
-    logged = [m["num_tokens"] for m in rows if "num_tokens" in m]
-    code_tokens[name] = sum(logged) / max(1, len(logged)) * run["step"]
     lines.append(f"- `{name}` (spec kinds in training: {run['spec_kind']}): {run['step']} steps,"
                  f" loss {rows[0]['loss']:.3f} -> {rows[-1]['loss']:.3f}"
                  + (f", held-out loss {ev[-1]['eval_loss']:.3f}" if ev else "")
@@ -349,6 +357,14 @@ def stage_report(cfg: Any, workdir: str, card: dict, runs: dict, results: dict,
                  f"{pct(g['io_summary']['greedy_pass@1'])}%. Both trained for the same steps of "
                  f"the same rows of tokens, but the baseline's prompts carry no spec, so its rows "
                  f"pack more examples: it trained on ~{ratio:.1f}x as many code tokens.")
+  if "no_spec_matched" in results["models"]:
+    m = results["models"]["no_spec_matched"]["none"]["greedy_pass@1"]
+    lines.append(f"- ungrounded baseline trained on as many code tokens as the gift model "
+                 f"({runs['no_spec_matched']['step']} steps: the same examples for the same "
+                 f"number of epochs, without specs), no spec at inference: {pct(m)}%; the gift "
+                 f"model with `io_summary`: {pct(g['io_summary']['greedy_pass@1'])}%, without "
+                 f"specs: {pct(g['none']['greedy_pass@1'])}%. This is the paper's comparison "
+                 "(fine-tuning on the same synthetic data with vs without specs), in miniature.")
   else:
     lines.append("- the ungrounded baseline (a model trained without specs) is trained and "
                  "evaluated with `gift quickstart --ablation`.")
@@ -366,7 +382,7 @@ def main(argv: list[str]) -> int:
   parser = argparse.ArgumentParser(prog="gift quickstart", description=__doc__.split("\n")[0])
   parser.add_argument("--workdir", default="gift_quickstart")
   parser.add_argument("--ablation", action="store_true",
-                      help="also train and evaluate the ungrounded baseline (no specs)")
+                      help="also train and evaluate the ungrounded baselines (no specs)")
   parser.add_argument("--tiny", action="store_true", help="a seconds-long run (tests)")
   known = [a for a in argv if not a.startswith("--config")]
   args = parser.parse_args(known)
@@ -388,6 +404,13 @@ def main(argv: list[str]) -> int:
   if args.ablation:
     runs["no_spec"] = stage_train(cfg, os.path.join(workdir, "train_nospec"),
                                   card["dataset_dir"], tok, "none")
+    # The same again, stopped once it has trained on as many code tokens as the gift model
+    # (its prompts carry no spec, so each row packs more examples): equal epochs of the data.
+    matched = copy.deepcopy(cfg)
+    matched.train.num_steps = max(1, round(
+        cfg.train.num_steps * _code_tokens(runs["gift"]) / max(1.0, _code_tokens(runs["no_spec"]))))
+    runs["no_spec_matched"] = stage_train(matched, os.path.join(workdir, "train_nospec_matched"),
+                                          card["dataset_dir"], tok, "none")
   _banner(4, "eval: held-out contexts, each spec kind at inference")
   results = stage_eval(cfg, workdir, card, runs)
   _banner(5, "report")

@@ -21,12 +21,14 @@ def test_quickstart_tiny_end_to_end_then_resumes(tmp_path, capsys):
   for kind in quickstart.SPEC_KINDS:
     assert f"| gift (mixture) | {kind} |" in report
     assert f"| no_spec (none) | {kind} |" in report
+    assert f"| no_spec_matched (none) | {kind} |" in report
   assert "with `io_summary` specs vs without specs" in report
   assert "ungrounded baseline (trained without specs)" in report
+  assert "ungrounded baseline trained on as many code tokens as the gift model" in report
   for png in ("loss.png", "passk.png"):
     assert os.path.getsize(os.path.join(workdir, png)) > 1000
   results = json.load(open(os.path.join(workdir, "eval", "results.json")))
-  assert results["tasks"] > 0 and set(results["models"]) == {"gift", "no_spec"}
+  assert results["tasks"] > 0 and set(results["models"]) == {"gift", "no_spec", "no_spec_matched"}
   assert results["models"]["gift"] == first["models"]["gift"]
   for per_kind in results["models"].values():
     for r in per_kind.values():
