@@ -241,6 +241,18 @@ def stage_eval(cfg: Any, workdir: str, card: dict, runs: dict[str, dict]) -> dic
   return results
 
 
+def _paired(passed_a: list, passed_b: list, n_tasks: int) -> tuple[float, int, int, float]:
+  """(pass rate of a - pass rate of b, tasks only a passes, tasks only b passes, one standard
+  error of the paired difference) over the same n_tasks: d_i in {-1, 0, 1}, SE = sd(d)/sqrt(N)."""
+  n = max(1, n_tasks)
+  a, b = set(passed_a), set(passed_b)
+  wins, losses = len(a - b), len(b - a)
+  mean_d = (wins - losses) / n
+  var_d = (wins + losses) / n - mean_d ** 2
+  se = (max(var_d, 0.0) * n / max(1, n - 1)) ** 0.5 / n ** 0.5
+  return mean_d, wins, losses, se
+
+
 def _code_tokens(run: dict) -> float:
   """Code (loss) tokens a run trained on, estimated from its logged steps: mean tokens per
   logged step x steps."""
@@ -330,15 +342,9 @@ def stage_report(cfg: Any, workdir: str, card: dict, runs: dict, results: dict,
       r = per_kind[kind]
       lines.append(f"| {name} ({runs[name]['spec_kind']}) | {kind} | {pct(r['greedy_pass@1'])} | "
                    + " | ".join(pct(r.get(k)) for k in ks) + " |")
-  delta = g["io_summary"]["greedy_pass@1"] - g["none"]["greedy_pass@1"]
-  # One standard error of the paired difference over the same tasks: d_i = pass_i(io_summary) -
-  # pass_i(none) in {-1, 0, 1}, SE = sd(d) / sqrt(N).
-  n_tasks = max(1, results["tasks"])
-  with_spec, without = set(g["io_summary"]["greedy_passed"]), set(g["none"]["greedy_passed"])
-  wins, losses = len(with_spec - without), len(without - with_spec)
-  mean_d = (wins - losses) / n_tasks
-  var_d = (wins + losses) / n_tasks - mean_d ** 2
-  se = (max(var_d, 0.0) * n_tasks / max(1, n_tasks - 1)) ** 0.5 / n_tasks ** 0.5
+  n_tasks = results["tasks"]
+  delta, wins, losses, se = _paired(g["io_summary"]["greedy_passed"], g["none"]["greedy_passed"],
+                                    n_tasks)
   verdict = ("within two standard errors, so not distinguishable from noise" if abs(delta) < 2 * se
              else "more than two standard errors: a "
              + ("gain" if delta > 0 else "loss") + " from the spec")
@@ -358,17 +364,22 @@ def stage_report(cfg: Any, workdir: str, card: dict, runs: dict, results: dict,
                  f"the same rows of tokens, but the baseline's prompts carry no spec, so its rows "
                  f"pack more examples: it trained on ~{ratio:.1f}x as many code tokens.")
   if "no_spec_matched" in results["models"]:
-    m = results["models"]["no_spec_matched"]["none"]["greedy_pass@1"]
+    m = results["models"]["no_spec_matched"]["none"]
+    d, w, l, se_m = _paired(g["io_summary"]["greedy_passed"], m["greedy_passed"], n_tasks)
     lines.append(f"- ungrounded baseline trained on as many code tokens as the gift model "
                  f"({runs['no_spec_matched']['step']} steps: the same examples for the same "
-                 f"number of epochs, without specs), no spec at inference: {pct(m)}%; the gift "
-                 f"model with `io_summary`: {pct(g['io_summary']['greedy_pass@1'])}%, without "
-                 f"specs: {pct(g['none']['greedy_pass@1'])}%. This is the paper's comparison "
+                 f"number of epochs, without specs), no spec at inference: "
+                 f"{pct(m['greedy_pass@1'])}%; the gift model with `io_summary`: "
+                 f"{pct(g['io_summary']['greedy_pass@1'])}% ({'+' if d >= 0 else ''}"
+                 f"{100 * d:.1f} points, {w} tasks only gift solves, {l} only the baseline, one "
+                 f"paired standard error {100 * se_m:.1f} points), without specs: "
+                 f"{pct(g['none']['greedy_pass@1'])}%. This is the paper's comparison "
                  "(fine-tuning on the same synthetic data with vs without specs), in miniature.")
   else:
     lines.append("- the ungrounded baseline (a model trained without specs) is trained and "
                  "evaluated with `gift quickstart --ablation`.")
-  lines += ["", f"Total time: {seconds / 60:.1f} min. Files: `data/` (TFDS records, "
+  lines += ["", f"Wall time: {seconds / 60:.1f} min over every run of this command on this "
+            "workdir (a run that resumes adds only its own time). Files: `data/` (TFDS records, "
             "records.jsonl, card.json), `tokenizer.model`, `train*/` (checkpoints, "
             "metrics.jsonl, TensorBoard), `eval/results.json`.", ""]
   out = os.path.join(workdir, "report.md")
@@ -414,7 +425,11 @@ def main(argv: list[str]) -> int:
   _banner(4, "eval: held-out contexts, each spec kind at inference")
   results = stage_eval(cfg, workdir, card, runs)
   _banner(5, "report")
-  report = stage_report(cfg, workdir, card, runs, results, time.time() - t0)
+  # Wall time accumulates over the runs of this workdir (a resumed run adds only its own).
+  timing_path = os.path.join(workdir, "timing.json")
+  before = (_finished(timing_path) or {}).get("seconds", 0.0)
+  report = stage_report(cfg, workdir, card, runs, results, before + time.time() - t0)
+  _mark(timing_path, {"seconds": before + time.time() - t0})
   print(f"\nquickstart finished in {(time.time() - t0) / 60:.1f} min. Report: {report}")
   return 0
 
