@@ -34,7 +34,9 @@ import time
 
 from gift import cpu_env  # imports no JAX/torch
 
-# Huge pages for XLA's (and torch's) large per-step buffers; both runners share this process.
+# A CPU benchmark, also on a GPU host; the malloc tunables (inherited by the runners' child
+# processes) let XLA (and torch) reuse their large per-step buffers.
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
 cpu_env.reexec_with_cpu_env()
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402

@@ -19,15 +19,17 @@ Measured on the 2-core benchmark VM (`python benchmarks/bench_train.py`): 172 ms
 
 glibc reads `GLIBC_TUNABLES` only at process start, so `reexec_with_cpu_env()` restarts the
 current command (same pid, same argv) once with them set. Call it first thing in a CPU entry
-point, before any work; it returns without doing anything where it does not apply. A tunable the
-user already set in GLIBC_TUNABLES is left as they chose it; untrusted code run by
-gift.execution never inherits these (its jobs get a minimal environment).
+point, before any work; it returns without doing anything where it does not apply (hosts with a
+GPU/TPU, see `cpu_only_host`; `GIFT_CPU_ENV=0` opts out). A tunable the user already set in
+GLIBC_TUNABLES is left as they chose it; untrusted code run by gift.execution never inherits
+these (its jobs get a minimal environment).
 
   from gift import cpu_env
   cpu_env.reexec_with_cpu_env()
 """
 from __future__ import annotations
 
+import glob
 import os
 import platform
 import sys
@@ -49,10 +51,28 @@ def wanted_env(environ: dict[str, str] | None = None) -> dict[str, str]:
   return {"GLIBC_TUNABLES": ":".join(([tunables] if tunables else []) + missing)}
 
 
+_ACCELERATOR_DEVICES = ("/dev/nvidia[0-9]*", "/dev/accel[0-9]*", "/dev/vfio/[0-9]*")
+
+
+def cpu_only_host(environ: dict[str, str] | None = None,
+                  device_globs: tuple[str, ...] = _ACCELERATOR_DEVICES) -> bool:
+  """True where JAX will compute on the CPU: JAX_PLATFORMS is "cpu", or it is unset and there
+  is no GPU/TPU device node (/dev/nvidia*, /dev/accel*, /dev/vfio/*). Accelerator hosts keep
+  glibc's defaults: their step buffers live in device memory, and their host threads (input
+  pipelines) are better served by per-thread arenas."""
+  environ = os.environ if environ is None else environ
+  platforms = environ.get("JAX_PLATFORMS", "").strip().lower()
+  if platforms:
+    return platforms == "cpu"
+  return not any(glob.glob(pattern) for pattern in device_globs)
+
+
 def reexec_with_cpu_env() -> None:
-  """Re-executes this process with `wanted_env()` applied, on Linux with glibc, once; a no-op
-  when already applied (or set by the user), elsewhere, or when re-executing is impossible."""
-  if os.environ.get(_DONE) or sys.platform != "linux" or platform.libc_ver()[0] != "glibc":
+  """Re-executes this process with `wanted_env()` applied, on a CPU-only Linux host with glibc,
+  once; a no-op when already applied (or set by the user), when GIFT_CPU_ENV=0, elsewhere, or
+  when re-executing is impossible."""
+  if (os.environ.get(_DONE) or os.environ.get("GIFT_CPU_ENV") == "0" or sys.platform != "linux"
+      or platform.libc_ver()[0] != "glibc" or not cpu_only_host()):
     return
   changes = wanted_env()
   argv = getattr(sys, "orig_argv", None)  # keeps `python -m module` and interpreter flags

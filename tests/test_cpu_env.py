@@ -30,6 +30,7 @@ def test_reexec_applies_tunables_once():
   code = ("import os; print('start', flush=True); from gift import cpu_env; "
           "cpu_env.reexec_with_cpu_env(); print(os.environ['GLIBC_TUNABLES'])")
   env = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", cpu_env._DONE)}
+  env["JAX_PLATFORMS"] = "cpu"  # as on a CPU-only host, even where a GPU is present
   out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                        timeout=60, check=True).stdout.split()
   assert out == ["start", "start", ALL]  # ran twice, then stopped with them set
@@ -65,3 +66,23 @@ def test_tunables_reuse_large_buffers_of_worker_threads():
   # pages); tuned: the heap block from the first pass is reused.
   assert default >= 6 * 40, default
   assert tuned * 5 < default, (tuned, default)
+
+
+def test_only_cpu_hosts_get_the_tunables(tmp_path):
+  none = (str(tmp_path / "nvidia[0-9]*"),)
+  (tmp_path / "nvidia0").touch()
+  assert cpu_env.cpu_only_host({}, device_globs=(str(tmp_path / "absent*"),))
+  assert not cpu_env.cpu_only_host({}, device_globs=none)  # a GPU device node
+  assert cpu_env.cpu_only_host({"JAX_PLATFORMS": "cpu"}, device_globs=none)  # forced CPU
+  assert not cpu_env.cpu_only_host({"JAX_PLATFORMS": "cuda"}, device_globs=())
+
+
+@glibc_only
+def test_opt_out_and_accelerator_platforms_do_not_reexec():
+  code = ("import os; print('start', flush=True); from gift import cpu_env; "
+          "cpu_env.reexec_with_cpu_env(); print(os.environ.get('GLIBC_TUNABLES', '-'))")
+  base = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", cpu_env._DONE)}
+  for extra in ({"GIFT_CPU_ENV": "0"}, {"JAX_PLATFORMS": "tpu"}):
+    out = subprocess.run([sys.executable, "-c", code], env={**base, **extra},
+                         capture_output=True, text=True, timeout=60, check=True).stdout.split()
+    assert out == ["start", "-"], extra
