@@ -91,10 +91,10 @@ def _prefill(cfg: ModelConfig, params: Any, tokens_up: Array, segment_ids_up: Ar
   cache = transformer.init_cache(cfg, u, p)
   logits_upv, cache = transformer.apply(cfg, params, tokens_up, positions_up, segment_ids_up,
                                         cache)
-  kv_pad = ((0, 0), (0, 0), (0, max_new_tokens), (0, 0), (0, 0))
+  kv_pad = ((0, 0), (0, 0), (0, max_new_tokens), (0, 0))
+  grow = lambda x_bksh: jnp.pad(jnp.repeat(x_bksh, n, axis=0), kv_pad)
   cache = transformer.KVCache(
-      jnp.pad(jnp.repeat(cache.k, n, axis=1), kv_pad),
-      jnp.pad(jnp.repeat(cache.v, n, axis=1), kv_pad),
+      tuple(map(grow, cache.k)), tuple(map(grow, cache.v)),
       jnp.pad(jnp.repeat(cache.segment_ids, n, axis=0), ((0, 0), (0, max_new_tokens))),
       cache.index)
   logits_bv = jnp.repeat(logits_upv[:, -1], n, axis=0)
@@ -109,6 +109,8 @@ def _decode(cfg: ModelConfig, params: Any, state: DecodeState, end_step: Array,
             temperature: Array, top_p: Array, *, top_k: int, greedy: bool, eos_id: int,
             pad_id: int) -> DecodeState:
   """Decodes until step == end_step or every row is done; one compiled while loop."""
+
+  params = transformer.unstack_layers(params)  # once, outside the loop
 
   def cond(s: DecodeState) -> Array:
     return (s.step < end_step) & ~jnp.all(s.done_b)

@@ -167,6 +167,21 @@ def attend(q_btnh: Array, k_bskh: Array, v_bskh: Array, mask_bts: Array,
   return out_btkgh.reshape(b, t, n, h)
 
 
+def attend_cached(q_btnh: Array, k_bksh: Array, v_bksh: Array, mask_bts: Array) -> Array:
+  """`attend` over a KV cache laid out [B, K, S, H] (transformer.KVCache): both products are
+  batched over (B, K) with the cache as it lies, so no step copies or transposes the cache."""
+  b, t, n, h = q_btnh.shape
+  k = k_bksh.shape[1]
+  q_bkgth = (q_btnh * jnp.asarray(h ** -0.5, q_btnh.dtype)).reshape(b, t, k, n // k, h
+                                                                   ).transpose(0, 2, 3, 1, 4)
+  logits_bkgts = jnp.einsum("bkgth,bksh->bkgts", q_bkgth, k_bksh,
+                            preferred_element_type=jnp.float32)
+  logits_bkgts = jnp.where(mask_bts[:, None, None], logits_bkgts, _MASKED)
+  probs_bkgts = jax.nn.softmax(logits_bkgts, axis=-1).astype(v_bksh.dtype)
+  out_bkgth = jnp.einsum("bkgts,bksh->bkgth", probs_bkgts, v_bksh)
+  return out_bkgth.transpose(0, 3, 1, 2, 4).reshape(b, t, n, h)
+
+
 def _attend_jax_nn(q_btnh: Array, k_bskh: Array, v_bskh: Array, mask_bts: Array,
                    impl: str) -> Array:
   """`attend` by `jax.nn.dot_product_attention` (is_causal: the mask is causal already, and

@@ -1,4 +1,5 @@
-"""The decoder: embed -> scanned blocks -> final RMSNorm -> float32 logits, with a KV cache.
+"""The decoder: embed -> scanned blocks -> final RMSNorm -> float32 logits, with a KV cache
+(with a cache the layers are unrolled over per-layer cache arrays; see KVCache).
 
 `Transformer` (Flax NNX) owns the parameters in the layout of docs/contracts.md, with the layers
 stacked on a leading L axis. The math is one pure function, `apply(cfg, params, ...)`, over the
@@ -41,20 +42,34 @@ REMAT_POLICIES = {
 class KVCache(NamedTuple):
   """Keys/values of every layer for S slots; slot order is time order.
 
-  k, v: [L, B, S, K, H] compute dtype. segment_ids: [B, S] int32, 0 = empty slot.
-  index: int32 scalar, the next slot to write.
+  k, v: tuples of L arrays [B, K, S, H] in the compute dtype, one per layer, so a decode step
+  writes its token into each layer's array in place and attention reads it as it lies (a cache
+  stacked on a leading L axis and scanned over would be sliced out and stacked again, whole,
+  every step). segment_ids: [B, S] int32, 0 = empty slot. index: int32 scalar, the next slot.
   """
-  k: Array
-  v: Array
+  k: tuple[Array, ...]
+  v: tuple[Array, ...]
   segment_ids: Array
   index: Array
 
 
 def init_cache(cfg: ModelConfig, batch_size: int, max_len: int, dtype=None) -> KVCache:
-  shape = (cfg.num_layers, batch_size, max_len, cfg.num_kv_heads, cfg.head_dim)
+  shape = (batch_size, cfg.num_kv_heads, max_len, cfg.head_dim)
   dtype = jnp.dtype(dtype or cfg.dtype)
-  return KVCache(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype),
-                 jnp.zeros((batch_size, max_len), jnp.int32), jnp.zeros((), jnp.int32))
+  zeros = lambda: tuple(jnp.zeros(shape, dtype) for _ in range(cfg.num_layers))
+  return KVCache(zeros(), zeros(), jnp.zeros((batch_size, max_len), jnp.int32),
+                 jnp.zeros((), jnp.int32))
+
+
+def unstack_layers(params: Params) -> Params:
+  """params with `layers` as a tuple of L per-layer trees (what `apply` with a cache iterates
+  over). A sampler's decode loop calls this once, outside its loop, so no step slices the
+  stacked weights again."""
+  stacked = params["layers"]
+  if isinstance(stacked, (tuple, list)):
+    return params
+  n = jax.tree.leaves(stacked)[0].shape[0]
+  return dict(params, layers=tuple(jax.tree.map(lambda a, i=i: a[i], stacked) for i in range(n)))
 
 
 class Embedder(nnx.Module):
@@ -175,11 +190,35 @@ def apply(cfg: ModelConfig, params: Params, tokens_bt: Array, positions_bt: Arra
     x_btd = x_btd * jnp.asarray(math.sqrt(cfg.d_model), dtype)
   sin_bth, cos_bth = layers.rope_tables(positions_bt, cfg.head_dim, cfg.rope_theta)
 
+  def mlp_half(x_btd, p):
+    h_btd = layers.rms_norm(x_btd, p["mlp_norm"]["scale"], cfg.norm_eps, cfg.norm_plus_one)
+    return x_btd + layers.gated_mlp(p["mlp"], h_btd, cfg.mlp_activation)
+
+  def qkv_rope(x_btd, p):
+    h_btd = layers.rms_norm(x_btd, p["attn_norm"]["scale"], cfg.norm_eps, cfg.norm_plus_one)
+    q_btnh, k_btkh, v_btkh = layers.qkv(p["attn"], h_btd)
+    return (layers.apply_rope(q_btnh, sin_bth, cos_bth),
+            layers.apply_rope(k_btkh, sin_bth, cos_bth), v_btkh)
+
   if cache is None:
     slots_t = jnp.arange(t, dtype=jnp.int32)
     mask_bts = layers.attention_mask(segment_ids_bt, slots_t[None], segment_ids_bt, slots_t)
-    kv_segment_bs = None
+
+    def block(x_btd, p):
+      q_btnh, k_btkh, v_btkh = qkv_rope(x_btd, p)
+      y_btnh = layers.attend(q_btnh, k_btkh.astype(dtype), v_btkh.astype(dtype), mask_bts,
+                             cfg.attention_impl)
+      return mlp_half(x_btd + layers.out_proj(p["attn"], y_btnh), p), None
+
+    block = _remat(block, cfg.remat_policy, cfg.scan_layers)
+    if cfg.scan_layers:
+      x_btd, _ = jax.lax.scan(block, x_btd, params["layers"])
+    else:
+      for i in range(cfg.num_layers):
+        x_btd, _ = block(x_btd, jax.tree.map(lambda a, i=i: a[i], params["layers"]))
   else:
+    # With a cache: the layers unrolled over per-layer caches (see KVCache), each new key/value
+    # written in place at slots [index, index + T).
     s = cache.segment_ids.shape[1]
     kv_segment_bs = jax.lax.dynamic_update_slice(cache.segment_ids,
                                                  segment_ids_bt.astype(jnp.int32),
@@ -187,37 +226,19 @@ def apply(cfg: ModelConfig, params: Params, tokens_bt: Array, positions_bt: Arra
     q_slots_bt = (cache.index + jnp.arange(t, dtype=jnp.int32))[None]
     mask_bts = layers.attention_mask(segment_ids_bt, q_slots_bt, kv_segment_bs,
                                      jnp.arange(s, dtype=jnp.int32))
-
-  def block(x_btd, layer):
-    p, k_cache_bskh, v_cache_bskh = layer
-    h_btd = layers.rms_norm(x_btd, p["attn_norm"]["scale"], cfg.norm_eps, cfg.norm_plus_one)
-    q_btnh, k_btkh, v_btkh = layers.qkv(p["attn"], h_btd)
-    q_btnh = layers.apply_rope(q_btnh, sin_bth, cos_bth)
-    k_btkh = layers.apply_rope(k_btkh, sin_bth, cos_bth)
-    if k_cache_bskh is not None:
-      k_btkh = jax.lax.dynamic_update_slice(k_cache_bskh, k_btkh.astype(k_cache_bskh.dtype),
-                                            (0, cache.index, 0, 0))
-      v_btkh = jax.lax.dynamic_update_slice(v_cache_bskh, v_btkh.astype(v_cache_bskh.dtype),
-                                            (0, cache.index, 0, 0))
-    y_btnh = layers.attend(q_btnh, k_btkh.astype(dtype), v_btkh.astype(dtype), mask_bts,
-                           cfg.attention_impl if cache is None else "default")
-    x_btd = x_btd + layers.out_proj(p["attn"], y_btnh)
-    h_btd = layers.rms_norm(x_btd, p["mlp_norm"]["scale"], cfg.norm_eps, cfg.norm_plus_one)
-    x_btd = x_btd + layers.gated_mlp(p["mlp"], h_btd, cfg.mlp_activation)
-    if k_cache_bskh is None:
-      return x_btd, None
-    return x_btd, (k_btkh, v_btkh)
-
-  block = _remat(block, cfg.remat_policy, cfg.scan_layers)
-  xs = (params["layers"], None, None) if cache is None else (params["layers"], cache.k, cache.v)
-  if cfg.scan_layers:
-    x_btd, new_kv = jax.lax.scan(block, x_btd, xs)
-  else:
-    outs = []
-    for i in range(cfg.num_layers):
-      x_btd, out = block(x_btd, jax.tree.map(lambda a, i=i: a[i], xs))
-      outs.append(out)
-    new_kv = None if cache is None else jax.tree.map(lambda *a: jnp.stack(a), *outs)
+    new_k, new_v = [], []
+    for i, p in enumerate(unstack_layers(params)["layers"]):
+      q_btnh, k_btkh, v_btkh = qkv_rope(x_btd, p)
+      at = (0, 0, cache.index, 0)
+      k_bksh = jax.lax.dynamic_update_slice(
+          cache.k[i], k_btkh.swapaxes(1, 2).astype(cache.k[i].dtype), at)
+      v_bksh = jax.lax.dynamic_update_slice(
+          cache.v[i], v_btkh.swapaxes(1, 2).astype(cache.v[i].dtype), at)
+      y_btnh = layers.attend_cached(q_btnh, k_bksh.astype(dtype), v_bksh.astype(dtype), mask_bts)
+      x_btd = mlp_half(x_btd + layers.out_proj(p["attn"], y_btnh), p)
+      new_k.append(k_bksh)
+      new_v.append(v_bksh)
+    cache = KVCache(tuple(new_k), tuple(new_v), kv_segment_bs, cache.index + t)
 
   x_btd = layers.rms_norm(x_btd, params["final_norm"]["scale"], cfg.norm_eps, cfg.norm_plus_one)
   if cfg.tie_embeddings:
@@ -226,6 +247,4 @@ def apply(cfg: ModelConfig, params: Params, tokens_bt: Array, positions_bt: Arra
   else:
     logits_btv = layers.dense(x_btd, params["unembed"].astype(dtype),
                               preferred_element_type=jnp.float32)
-  if cache is not None:
-    cache = KVCache(new_kv[0], new_kv[1], kv_segment_bs, cache.index + t)
   return logits_btv, cache
