@@ -116,11 +116,41 @@ def test_sample_logits_keeps_only_top_k_and_nucleus():
 
   def draw(top_k, top_p):
     return set(np.asarray(sample.sample_logits(logits_bv, keys_b, jnp.int32(0), jnp.float32(1.0),
-                                               jnp.float32(top_p), top_k, False)).tolist())
+                                               jnp.float32(top_p), top_k, False,
+                                               nucleus=top_p < 1)).tolist())
 
   assert draw(3, 1.0) == set(perm[:3].tolist())
   assert draw(8, 0.7) == set(perm[:2].tolist())  # 0.5 < 0.7 <= 0.75
+  assert draw(0, 0.7) == set(perm[:2].tolist())
   assert draw(0, 1.0) == set(perm.tolist())
+
+
+@pytest.mark.parametrize("peaked", [True, False], ids=["top-candidates", "threshold"])
+def test_nucleus_over_a_large_vocabulary_is_the_sorted_prefix(peaked):
+  """Without top-k, a vocabulary larger than NUCLEUS_CANDIDATES: the nucleus comes from the top
+  candidates (peaked: they hold top_p) or from the bisected threshold (flat); either way it is
+  the smallest sorted prefix that reaches top_p, as a full sort would give."""
+  vocab, top_p = 3000, 0.9
+  rng = np.random.default_rng(0)
+  logits_v = rng.standard_normal(vocab).astype(np.float32) * (6.0 if peaked else 0.3)
+  probs = np.exp(logits_v - logits_v.max())
+  probs /= probs.sum()
+  order = np.argsort(-probs)
+  cut = int(np.searchsorted(np.cumsum(probs[order]), top_p)) + 1
+  want = set(order[:cut].tolist())
+  assert (cut <= sample.NUCLEUS_CANDIDATES) == peaked
+  rows = 8192
+  got = np.asarray(sample.sample_logits(
+      jnp.asarray(np.tile(logits_v, (rows, 1))), jax.random.split(jax.random.key(1), rows),
+      jnp.int32(0), jnp.float32(1.0), jnp.float32(top_p), 0, False, nucleus=True))
+  assert set(got.tolist()) <= want
+  # The nucleus is not cut short: ids expected 20+ times are all drawn, and most of those
+  # expected 3+ times (each missed with probability ~e^-3).
+  expected = {int(i): probs[i] / probs[order[:cut]].sum() * rows for i in order[:cut]}
+  drawn = set(got.tolist())
+  assert {i for i, e in expected.items() if e > 20} <= drawn
+  some = [i for i, e in expected.items() if e > 3]
+  assert len(some) >= 10 and sum(i in drawn for i in some) >= 0.8 * len(some)
 
 
 def test_eos_ends_a_row_and_the_loop(params):
