@@ -9,8 +9,8 @@ the device kind). Where the table has no peak (a CPU), the f32 matmul peak measu
 is the denominator instead, and the table says so.
 
 The peer (`--peer auto`: when PyTorch sees a CUDA device) is transformers' LlamaForCausalLM on
-the same shape: float32 master weights, bf16 autocast, sdpa attention, fused AdamW, clipping, in
-a child process of its own. `--peer cpu` runs it on the CPU (for smoke tests), `--peer none`
+the same shape: float32 master weights, bf16 autocast, sdpa attention, fused AdamW, clipping.
+Each runs in a child process of its own, one after the other (never sharing device memory). `--peer cpu` runs it on the CPU (for smoke tests), `--peer none`
 skips it.
 
   python benchmarks/bench_mfu.py                                  # llama_1b, bf16, batch 8 x 2048
@@ -91,8 +91,9 @@ def gift_runner(args):
     loss = float(metrics["loss"])  # waits for the step
     stats = devices[0].memory_stats() or {}
     peak_gib = stats.get("peak_bytes_in_use", 0) / 2 ** 30
-    return loss, (f"gift: {len(devices)} x {devices[0].device_kind}, mesh {dict(mesh.shape)}"
-                  + (f", peak memory {peak_gib:.1f} GiB on device 0" if peak_gib else ""))
+    note = (f"gift: {len(devices)} x {devices[0].device_kind}, mesh {dict(mesh.shape)}"
+            + (f", peak memory {peak_gib:.1f} GiB on device 0" if peak_gib else ""))
+    return loss, dict(note=note, kind=devices[0].device_kind, count=len(devices))
 
   return run
 
@@ -133,19 +134,17 @@ def peer_runner(args, device):
       torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
       opt.step()
     value = float(loss.detach())  # synchronizes
-    return value, f"peer: transformers + torch on {device} (sdpa, autocast {args.dtype})"
+    return value, dict(note=f"peer: transformers + torch on {device} (sdpa, autocast "
+                            f"{args.dtype})")
 
   return run
 
 
 def main(argv=None) -> int:
   args = parse_args(sys.argv[1:] if argv is None else argv)
-  import jax
-
-  from gift import flops as gift_flops
+  from gift import flops as gift_flops  # this process never computes on an accelerator
 
   cfg = model_config(args)
-  devices = jax.devices()
   peer_device = args.peer
   if peer_device == "auto":
     try:
@@ -154,31 +153,36 @@ def main(argv=None) -> int:
     except ImportError:
       peer_device = "none"
 
-  runners = {"gift (JAX)": common.ChildRunner(gift_runner, args)}
+  # One runner at a time, each in a child process that exits before the next starts, so the two
+  # never share the device's memory.
+  makers = {"gift (JAX)": (gift_runner, args)}
   if peer_device != "none":
-    runners[f"transformers + torch ({peer_device})"] = common.ChildRunner(peer_runner, args,
-                                                                           peer_device)
-  first_loss, notes = {}, []
-  t0 = time.perf_counter()
-  for name, run in runners.items():
-    first_loss[name], note = run(1)
-    run(args.warmup)
-    notes.append(note)
-  warm_s = time.perf_counter() - t0
-  times = common.interleaved_windows(runners, args.steps, args.windows)
-  notes[0] = runners["gift (JAX)"](1)[1]  # again, for the peak memory after timing
-  for run in runners.values():
-    run.close()
+    makers[f"transformers + torch ({peer_device})"] = (peer_runner, args, peer_device)
+  first_loss, about, times, warm_s = {}, {}, {}, {}
+  for name, (factory, *factory_args) in makers.items():
+    run = common.ChildRunner(factory, *factory_args)
+    try:
+      t0 = time.perf_counter()
+      first_loss[name], about[name] = run(1)
+      run(args.warmup)
+      warm_s[name] = time.perf_counter() - t0
+      times.update(common.interleaved_windows({name: run}, args.steps, args.windows))
+      about[name] = run(1)[1]  # again, for the peak memory after timing
+    finally:
+      run.close()
+  runners = list(makers)
+  notes = [a["note"] for a in about.values()]
+  kind, count = about["gift (JAX)"]["kind"], about["gift (JAX)"]["count"]
 
-  table_peak = gift_flops.peak_flops(devices[0].device_kind)
+  table_peak = gift_flops.peak_flops(kind)
   if table_peak:
-    gift_peak, peak_note = table_peak * len(devices), (
-        f"{len(devices)} x {table_peak / 1e12:.0f} TFLOP/s (dense bf16 peak of "
-        f"{devices[0].device_kind!r}, gift.flops.PEAK_FLOPS)")
+    gift_peak, peak_note = table_peak * count, (
+        f"{count} x {table_peak / 1e12:.0f} TFLOP/s (dense bf16 peak of {kind!r}, "
+        "gift.flops.PEAK_FLOPS)")
   else:
     measured = common.matmul_peak(2048, 2.0, libs=("jax",))["jax"]
     gift_peak, peak_note = measured, (f"{measured / 1e9:.0f} GFLOP/s, the f32 matmul peak "
-                                      f"measured here ({devices[0].device_kind!r} is not in "
+                                      f"measured here ({kind!r} is not in "
                                       "gift.flops.PEAK_FLOPS)")
   tokens_per_step = args.batch * args.seq
   flops_per_token = gift_flops.train_flops_per_token(cfg, args.seq)
@@ -188,8 +192,7 @@ def main(argv=None) -> int:
     tok_s = tokens_per_step / step_s[name]
     achieved = tok_s * flops_per_token
     # The peer runs on one device (cuda:0 or the CPU); gift on all of them.
-    peak = gift_peak if name == "gift (JAX)" else gift_peak / (
-        len(devices) if table_peak else 1)
+    peak = gift_peak if name == "gift (JAX)" else gift_peak / (count if table_peak else 1)
     rows.append([name, f"{step_s[name] * 1e3:.1f}", tok_s, f"{achieved / 1e12:.2f}",
                  f"{achieved / peak:.1%}", f"{first_loss[name]:.3f}"])
 
@@ -200,8 +203,9 @@ def main(argv=None) -> int:
         "tokens; AdamW + clip 1.0")
   print(f"- {'; '.join(notes)}")
   print(f"- analytic train FLOPs/token: {flops_per_token / 1e9:.3f} G; peak: {peak_note}")
-  print(f"- timing: {args.warmup + 1} warm-up steps each ({warm_s:.0f} s incl. compile), then "
-        f"{args.windows} interleaved windows of {args.steps} steps; median step time\n")
+  print(f"- timing: one runner after the other, each {args.warmup + 1} warm-up steps ("
+        + ", ".join(f"{n} {s:.0f} s" for n, s in warm_s.items()) + " incl. compile), then "
+        f"{args.windows} windows of {args.steps} steps; median step time\n")
   print(common.table(["runner", "step ms", "tokens/s", "TFLOP/s", "MFU", "loss@1"], rows))
   if len(runners) > 1:
     peer = [n for n in runners if n != "gift (JAX)"][0]
