@@ -10,8 +10,8 @@ is the denominator instead, and the table says so.
 
 The peer (`--peer auto`: when PyTorch sees a CUDA device) is transformers' LlamaForCausalLM on
 the same shape: float32 master weights, bf16 autocast, sdpa attention, fused AdamW, clipping.
-Each runs in a child process of its own, one after the other (never sharing device memory). `--peer cpu` runs it on the CPU (for smoke tests), `--peer none`
-skips it.
+Each runs in a child process of its own, one after the other (never sharing device memory).
+`--peer cpu` runs it on the CPU (for smoke tests), `--peer none` skips it.
 
   python benchmarks/bench_mfu.py                                  # llama_1b, bf16, batch 8 x 2048
   python benchmarks/bench_mfu.py --batch 16 --remat dots_with_no_batch_dims_saveable \\

@@ -147,7 +147,7 @@ def _decode(cfg: ModelConfig, params: Any, state: DecodeState, end_step: Array,
             eos_id: int, pad_id: int) -> DecodeState:
   """Decodes until step == end_step or every row is done; one compiled while loop."""
 
-  params = transformer.unstack_layers(params)  # once, outside the loop
+  params = transformer.unstack_layers(params)  # a no-op for a Sampler's (unstacked) params
 
   def cond(s: DecodeState) -> Array:
     return (s.step < end_step) & ~jnp.all(s.done_b)
@@ -171,6 +171,21 @@ _prefill_jit = jax.jit(_prefill, static_argnums=0, static_argnames=(
     "n", "max_new_tokens", "top_k", "greedy", "nucleus", "eos_id", "pad_id"))
 _decode_jit = jax.jit(_decode, static_argnums=0, donate_argnums=(2,),
                       static_argnames=("top_k", "greedy", "nucleus", "eos_id", "pad_id"))
+
+
+def _unstack_leafwise(params: dict) -> dict:
+  """`transformer.unstack_layers`, one stacked array at a time (`params["layers"]` is popped, so
+  each stacked array is freed once split, unless the caller holds it too): decoding then reads
+  each layer's own arrays, and splitting never holds more than one stacked array twice."""
+  flat, treedef = jax.tree.flatten(params.pop("layers"))
+  n = flat[0].shape[0]
+  split = jax.jit(lambda x: tuple(x[i] for i in range(n)))
+  per_layer = [[] for _ in range(n)]
+  for j in range(len(flat)):
+    parts, flat[j] = split(flat[j]), None  # the stacked array is freed unless shared
+    for i, part in enumerate(parts):
+      per_layer[i].append(part)
+  return dict(params, layers=tuple(jax.tree.unflatten(treedef, leaves) for leaves in per_layer))
 
 
 class Sampler:
@@ -204,10 +219,11 @@ class Sampler:
       batch_size = -(-batch_size // self.dp) * self.dp
     if all(x.dtype == dtype for x in jax.tree.leaves(params)):
       # No cast, so no copy (a jitted identity would hold an f32 7B model twice).
-      self.params = jax.device_put(params, shardings)
+      params = jax.device_put(params, shardings)
     else:
-      self.params = jax.jit(lambda p: jax.tree.map(lambda x: x.astype(dtype), p),
-                            out_shardings=shardings)(params)
+      params = jax.jit(lambda p: jax.tree.map(lambda x: x.astype(dtype), p),
+                       out_shardings=shardings)(params)
+    self.params = _unstack_leafwise(params)  # device_put/jit made new dicts: the caller's is whole
     self.batch_size = batch_size
 
   @classmethod
