@@ -99,45 +99,14 @@ def gift_runner(args):
 
 
 def peer_runner(args, device):
-  """run(k) -> (loss, note) for LlamaForCausalLM (fp32 weights, bf16 autocast) + AdamW."""
-  import torch
-  import transformers
-
+  """run(k) -> (loss, note) for LlamaForCausalLM (fp32 weights, `--dtype` autocast, sdpa) +
+  AdamW + clipping on `device`."""
   from gift import config as gift_config
 
-  cfg, tc = model_config(args), gift_config.base_config().train
-  if cfg.mlp_activation != "silu" or cfg.tie_embeddings or cfg.embed_scale:
-    raise ValueError(f"--peer runs Llama shapes only; preset {args.preset!r} is not one")
-  torch.manual_seed(0)
-  config = transformers.LlamaConfig(
-      vocab_size=cfg.vocab_size, hidden_size=cfg.d_model, intermediate_size=cfg.mlp_dim,
-      num_hidden_layers=cfg.num_layers, num_attention_heads=cfg.num_heads,
-      num_key_value_heads=cfg.num_kv_heads, head_dim=cfg.head_dim, hidden_act="silu",
-      max_position_embeddings=args.seq, rms_norm_eps=cfg.norm_eps, rope_theta=cfg.rope_theta,
-      tie_word_embeddings=False, use_cache=False, attn_implementation="sdpa")
-  model = transformers.LlamaForCausalLM(config).to(device).train()
-  opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, betas=(tc.b1, tc.b2), eps=tc.eps,
-                          weight_decay=tc.weight_decay, fused=device == "cuda")
-  inputs, targets = random_batch(args)
-  inputs_bt = torch.from_numpy(inputs).long().to(device)
-  targets_n = torch.from_numpy(targets).long().reshape(-1).to(device)
-  amp = getattr(torch, args.dtype)
-
-  def run(k):
-    for _ in range(k):
-      opt.zero_grad(set_to_none=True)
-      with torch.autocast(device_type=device, dtype=amp, enabled=amp != torch.float32):
-        logits = model(input_ids=inputs_bt, use_cache=False).logits
-      loss = torch.nn.functional.cross_entropy(logits.reshape(-1, cfg.vocab_size).float(),
-                                               targets_n)
-      loss.backward()
-      torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
-      opt.step()
-    value = float(loss.detach())  # synchronizes
-    return value, dict(note=f"peer: transformers + torch on {device} (sdpa, autocast "
-                            f"{args.dtype})")
-
-  return run
+  run = common.hf_llama_runner(model_config(args), gift_config.base_config().train,
+                               *random_batch(args), device=device, amp_dtype=args.dtype)
+  note = f"peer: transformers + torch on {device} (sdpa, autocast {args.dtype})"
+  return lambda k: (run(k), dict(note=note))
 
 
 def main(argv=None) -> int:

@@ -111,39 +111,10 @@ def gift_runner(args, tokens, targets):
 def peer_runner(args, attn, tokens, targets):
   """run(k) -> (loss, threads) for LlamaForCausalLM + AdamW + clipping with `attn` attention."""
   import torch
-  import transformers
 
   torch.set_num_threads(args.cores)
-  torch.manual_seed(0)
-  train_cfg = train_config()
-  config = transformers.LlamaConfig(
-      vocab_size=args.vocab, hidden_size=args.d_model, intermediate_size=args.mlp,
-      num_hidden_layers=args.layers, num_attention_heads=args.heads,
-      num_key_value_heads=args.kv_heads, head_dim=args.head_dim, hidden_act="silu",
-      max_position_embeddings=args.seq, rms_norm_eps=1e-5, rope_theta=10000.0,
-      tie_word_embeddings=False, attention_bias=False, mlp_bias=False, use_cache=False,
-      attn_implementation=attn)
-  model = transformers.LlamaForCausalLM(config).float().train()
-  decay = [p for n, p in model.named_parameters() if "norm" not in n]
-  no_decay = [p for n, p in model.named_parameters() if "norm" in n]
-  opt = torch.optim.AdamW([{"params": decay, "weight_decay": train_cfg.weight_decay},
-                           {"params": no_decay, "weight_decay": 0.0}],
-                          lr=train_cfg.lr, betas=(train_cfg.b1, train_cfg.b2), eps=train_cfg.eps)
-  inputs_bt = torch.from_numpy(tokens).long()
-  targets_n = torch.from_numpy(targets).long().reshape(-1)
-
-  def run(k):
-    for _ in range(k):
-      opt.zero_grad(set_to_none=True)
-      logits_btv = model(input_ids=inputs_bt, use_cache=False).logits
-      loss = torch.nn.functional.cross_entropy(logits_btv.reshape(-1, args.vocab).float(),
-                                               targets_n)
-      loss.backward()
-      torch.nn.utils.clip_grad_norm_(model.parameters(), train_cfg.grad_clip)
-      opt.step()
-    return float(loss.detach()), f"torch threads: {torch.get_num_threads()}"
-
-  return run
+  run = common.hf_llama_runner(model_config(args), train_config(), tokens, targets, attn=attn)
+  return lambda k: (run(k), f"torch threads: {torch.get_num_threads()}")
 
 
 def main(argv=None) -> int:

@@ -157,6 +157,52 @@ class ChildRunner:
       self._proc.kill()
 
 
+def hf_llama_runner(model_cfg, train_cfg, tokens, targets, attn: str = "sdpa",
+                    device: str = "cpu", amp_dtype: str = "float32") -> Callable[[int], float]:
+  """The PyTorch peer of gift's train step: `run(k)` -> loss after k steps of
+  transformers' LlamaForCausalLM of `model_cfg`'s shape (a gift ModelConfig; float32 weights,
+  `amp_dtype` autocast), next-token cross-entropy, global-norm clipping and AdamW with gift's
+  hyperparameters and its decay mask (no decay on norm scales); fused AdamW on CUDA."""
+  import torch
+  import transformers
+
+  c = model_cfg
+  if c.mlp_activation != "silu" or c.tie_embeddings or c.embed_scale:
+    raise ValueError("the transformers peer runs Llama shapes only (SwiGLU, untied, unscaled)")
+  torch.manual_seed(0)
+  config = transformers.LlamaConfig(
+      vocab_size=c.vocab_size, hidden_size=c.d_model, intermediate_size=c.mlp_dim,
+      num_hidden_layers=c.num_layers, num_attention_heads=c.num_heads,
+      num_key_value_heads=c.num_kv_heads, head_dim=c.head_dim, hidden_act="silu",
+      max_position_embeddings=c.max_seq_len, rms_norm_eps=c.norm_eps, rope_theta=c.rope_theta,
+      tie_word_embeddings=False, attention_bias=False, mlp_bias=False, use_cache=False,
+      attn_implementation=attn)
+  model = transformers.LlamaForCausalLM(config).float().to(device).train()
+  named = list(model.named_parameters())
+  opt = torch.optim.AdamW(
+      [{"params": [p for n, p in named if "norm" not in n], "weight_decay": train_cfg.weight_decay},
+       {"params": [p for n, p in named if "norm" in n], "weight_decay": 0.0}],
+      lr=train_cfg.lr, betas=(train_cfg.b1, train_cfg.b2), eps=train_cfg.eps,
+      fused=device == "cuda")
+  inputs_bt = torch.from_numpy(tokens).long().to(device)
+  targets_n = torch.from_numpy(targets).long().reshape(-1).to(device)
+  amp = getattr(torch, amp_dtype)
+
+  def run(k: int) -> float:
+    for _ in range(k):
+      opt.zero_grad(set_to_none=True)
+      with torch.autocast(device_type=device, dtype=amp, enabled=amp != torch.float32):
+        logits_btv = model(input_ids=inputs_bt, use_cache=False).logits
+      loss = torch.nn.functional.cross_entropy(logits_btv.reshape(-1, c.vocab_size).float(),
+                                               targets_n)
+      loss.backward()
+      torch.nn.utils.clip_grad_norm_(model.parameters(), train_cfg.grad_clip)
+      opt.step()
+    return float(loss.detach())  # synchronizes
+
+  return run
+
+
 def median(xs: Sequence[float]) -> float:
   return statistics.median(xs)
 
