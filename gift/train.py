@@ -89,6 +89,7 @@ def train(cfg: Any, workdir: str) -> dict[str, Any]:
   from gift import checkpoint as ckpt_lib
   from gift import config as config_lib
   from gift import flops as flops_lib
+  from gift import lora as lora_lib
   from gift import metrics as metrics_lib
   from gift import sharding
   from gift import step as step_lib
@@ -105,6 +106,10 @@ def train(cfg: Any, workdir: str) -> dict[str, Any]:
   # Model config and tokenizer (fine-tuning takes both from `init_from` unless overridden).
   # -------------------------------------------------------------------------------------------
   model_cfg = config_lib.model_config(cfg)
+  lcfg = lora_lib.config_of(cfg)  # LoRA/QLoRA: the trained `params` are the adapters only
+  if lcfg is not None and not cfg.init_from:
+    raise ValueError(f"train.peft={lcfg.peft!r} adapts a base model: set config.init_from to a "
+                     "gift checkpoint (e.g. from `gift import-hf`)")
   if cfg.init_from:
     _check_same_model(model_cfg, ckpt_lib.read_model_config(cfg.init_from),
                       f"init_from={cfg.init_from}")
@@ -113,6 +118,10 @@ def train(cfg: Any, workdir: str) -> dict[str, Any]:
   tok_path = cfg.tokenizer or (ckpt_lib.tokenizer_path(cfg.init_from) if cfg.init_from else None)
   tok = tokenizer_lib.load(tok_path or None, vocab_size=model_cfg.vocab_size)
   ckpt_lib.write_root(workdir, model_cfg, tok.path, cfg.to_dict())
+  if lcfg is not None:
+    from gift import peft_io
+    base_dir, init_adapters_dir = peft_io.resolve(cfg.init_from)
+    peft_io.write_root(workdir, lcfg, base_dir)
 
   # -------------------------------------------------------------------------------------------
   # Mesh and shardings: parameters by the logical-axis rules, batch rows over (data, fsdp).
@@ -137,17 +146,34 @@ def train(cfg: Any, workdir: str) -> dict[str, Any]:
   # Optimizer and the jitted, donated update step.
   # -------------------------------------------------------------------------------------------
   optimizer = step_lib.make_optimizer(cfg.train)
-  p_shardings, o_shardings = step_lib.state_shardings(model_cfg, optimizer, mesh)
+  if lcfg is None:
+    p_shardings, o_shardings = step_lib.state_shardings(model_cfg, optimizer, mesh)
+  else:  # `params` = the adapters; the frozen base is an argument of the step, never updated
+    _, p_shardings, o_shardings = lora_lib.state_shardings(model_cfg, lcfg, optimizer, mesh)
 
   def with_sharding(tree, shardings):
     return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
                         tree, shardings)
 
-  abstract_params = with_sharding(transformer.abstract_params(model_cfg), p_shardings)
+  abstract_params = with_sharding(
+      transformer.abstract_params(model_cfg) if lcfg is None else
+      lora_lib.abstract_adapters(model_cfg, lcfg), p_shardings)
   abstract_opt = with_sharding(jax.eval_shape(optimizer.init, abstract_params), o_shardings)
-  train_step = step_lib.make_train_step(model_cfg, optimizer, grad_accum=cfg.train.grad_accum,
-                                        mesh=mesh)
-  eval_step = step_lib.make_eval_step(model_cfg, mesh)
+  if lcfg is None:
+    train_step = step_lib.make_train_step(model_cfg, optimizer, grad_accum=cfg.train.grad_accum,
+                                          mesh=mesh)
+    eval_step = step_lib.make_eval_step(model_cfg, mesh)
+  else:
+    base = peft_io.load_base(base_dir, model_cfg, lcfg, mesh)
+    lora_step = lora_lib.make_train_step(model_cfg, lcfg, optimizer,
+                                         grad_accum=cfg.train.grad_accum, mesh=mesh, seed=cfg.seed)
+    lora_eval = lora_lib.make_eval_step(model_cfg, lcfg, mesh)
+    train_step = lambda p, o, b: lora_step(base, p, o, b)  # noqa: E731
+    eval_step = lambda p, b: lora_eval(base, p, b)  # noqa: E731
+    say(f"{lcfg.peft}: rank {lcfg.rank}, alpha {lcfg.alpha:g}, "
+        f"{len(lora_lib.targets(model_cfg, lcfg))} targets, "
+        f"{sum(x.size for x in jax.tree.leaves(abstract_params)):,} trainable parameters; "
+        f"base {base_dir}", flush=True)
 
   # -------------------------------------------------------------------------------------------
   # Checkpoint: resume from the workdir's latest readable step, else initialize.
@@ -164,7 +190,19 @@ def train(cfg: Any, workdir: str) -> dict[str, Any]:
     say(f"resumed from step {start_step}", flush=True)
   else:
     start_step = 0
-    if cfg.init_from:
+    if lcfg is not None:
+      if init_adapters_dir:  # continue from a LoRA checkpoint's (e.g. an imported) adapters
+        params = peft_io.load_adapters(init_adapters_dir, shardings=p_shardings)
+        got = peft_io.read_root(init_adapters_dir)[0]
+        if (got.rank, got.targets) != (lcfg.rank, lcfg.targets):
+          raise ValueError(f"init_from={cfg.init_from} holds rank {got.rank} adapters on "
+                           f"{got.targets!r}; set lora.rank and lora.targets to match")
+      else:
+        params = jax.jit(lambda r: lora_lib.init_adapters(model_cfg, lcfg, r),
+                         out_shardings=p_shardings)(jax.random.key(cfg.seed))
+      opt_state = jax.jit(optimizer.init, out_shardings=o_shardings)(params)
+      say(f"initialized adapters on the base {base_dir}", flush=True)
+    elif cfg.init_from:
       _, params, _ = ckpt_lib.load_model(cfg.init_from, shardings=p_shardings)
       opt_state = jax.jit(optimizer.init, out_shardings=o_shardings)(params)
       say(f"initialized from {cfg.init_from}", flush=True)
