@@ -16,6 +16,8 @@ setup(
         "optax>=0.2.4",
         "orbax-checkpoint>=0.11.0",
         "sentencepiece>=0.2.0",
+        "tokenizers>=0.20",
+        "jinja2>=3.1.6",
         "tensorflow-datasets>=4.9.7",
         "array_record>=0.7.0",
         "importlib_resources>=6.0",

@@ -32,7 +32,9 @@ def base_config() -> ConfigDict:
   """Every key gift reads, with its default and type."""
   c = ConfigDict()
   c.model = ConfigDict(dict(preset="test_tiny", **presets.get_preset("test_tiny").to_dict()))
-  c.tokenizer = ""  # path to a SentencePiece .model; "" = byte-level vocab of the model's size
+  # A SentencePiece .model, or a folder with tokenizer.json (Hugging Face) or tokenizer.model;
+  # "" = init_from's tokenizer, else a byte-level vocabulary.
+  c.tokenizer = ""
   c.init_from = ""  # gift checkpoint dir (e.g. from `gift import-hf`) to fine-tune from
   c.seed = 0
 
@@ -55,6 +57,7 @@ def base_config() -> ConfigDict:
       pack=True,
       num_epochs=0,  # 0: repeat forever (steps set the length)
       prefetch=2,  # batches built ahead in a background thread
+      chat_template=False,  # prompts as a user turn of the tokenizer's chat template (instruct)
   ))
 
   c.train = ConfigDict(dict(
@@ -83,7 +86,7 @@ def base_config() -> ConfigDict:
       validation_fraction=0.1, max_contexts=0,  # 0 = all
       spec_max_chars=ConfigDict(dict(typedesc=600, io_examples=1200, io_summary=600)),
       example_rows=3, example_cols=8, example_cell_chars=20, output_repr_chars=1500,
-      gift=ConfigDict(dict(checkpoint="")),
+      gift=ConfigDict(dict(checkpoint="", chat_template=False)),
       openai=ConfigDict(dict(base_url="", model="", api_key_env="OPENAI_API_KEY",
                              endpoint="chat", timeout_s=60.0, max_retries=4, backoff_s=1.0,
                              concurrency=8)),

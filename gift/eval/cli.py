@@ -44,6 +44,9 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--timeout_s", type=float, default=60.0, help="per sandbox job")
     s.add_argument("--memory_mb", type=int, default=4096)
     s.add_argument("--no_progress", action="store_true")
+    s.add_argument("--chat_template", action="store_true",
+                   help="send prompts as user turns of the checkpoint tokenizer's chat template "
+                        "(instruct checkpoints)")
     if name == "arcade":
       s.add_argument("--context", default="full", choices=("full", "none"),
                      help="prompt variant: the notebook context, or the intent alone")
@@ -75,7 +78,7 @@ def _generator(args) -> tuple[Callable[[list[str], tuple[str, ...]], list[list[s
                   disable=args.no_progress):
       out += sampler.generate(prompts[i:i + chunk], n=args.n, temperature=args.temperature,
                               top_p=args.top_p, max_new_tokens=args.max_new_tokens, stop=stop,
-                              seed=args.seed + i)
+                              seed=args.seed + i, chat_template=args.chat_template)
     spent.append(time.perf_counter() - t0)
     return out
 
