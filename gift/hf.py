@@ -168,7 +168,9 @@ def _act(r: _Reader, key: str = "hidden_act") -> str:
 def _qwen_sliding(r: _Reader, num_layers: int) -> dict[str, Any]:
   """Qwen2/3: sliding windows only with use_sliding_window, on layers >= max_window_layers
   (transformers v5), unless layer_types says otherwise."""
-  r.get("max_window_layers"), r.get("sliding_window")
+  # Without use_sliding_window transformers sets sliding_window=None: no layer slides, whatever
+  # layer_types says.
+  r.get("max_window_layers"), r.get("sliding_window"), r.get("layer_types")
   if not r.get("use_sliding_window", False):
     return {}
   window = int(r.need("sliding_window"))
@@ -365,10 +367,14 @@ def _write_gemma(cfg: ModelConfig) -> dict[str, Any]:
               attention_bias=False)
 
 
+def _int_if_whole(x: float) -> int | float:
+  return int(x) if float(x).is_integer() else x  # transformers v5 validates it as an int
+
+
 def _gemma2_common(cfg: ModelConfig) -> dict[str, Any]:
   return dict(hidden_activation="gelu_pytorch_tanh", rms_norm_eps=cfg.norm_eps,
               attention_bias=False,
-              query_pre_attn_scalar=cfg.query_pre_attn_scalar or cfg.head_dim,
+              query_pre_attn_scalar=_int_if_whole(cfg.query_pre_attn_scalar or cfg.head_dim),
               attn_logit_softcapping=cfg.attn_logit_softcap or None,
               final_logit_softcapping=cfg.final_logit_softcap or None,
               sliding_window=cfg.sliding_window or None,
