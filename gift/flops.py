@@ -2,8 +2,8 @@
 
 Training FLOPs per token = 6 * M + 6 * L * T * N * H, where
   M = matmul parameters seen by each token: L * (D*N*H [q] + 2*D*K*H [k, v] + N*H*D [o]
-      + 3*D*F [gate, up, down]) + D*V [unembedding, counted even when tied; the embedding
-      lookup is a gather, not a matmul],
+      + 3*D*F [gate, up, down]; 2*D*F for a plain MLP) + D*V [unembedding, counted even when
+      tied; the embedding lookup is a gather, not a matmul],
   6 = 2 (multiply-add) * 3 (forward + backward for inputs and for weights),
   6 * L * T * N * H = causal attention: QK^T and PV, 2 * 2 * T * N * H FLOPs per token and
       layer forward, halved by the causal mask, times 3 for training. T = sequence length.
@@ -50,7 +50,7 @@ def peak_flops(device_kind: str) -> float | None:
 def matmul_params(cfg: ModelConfig) -> int:
   """M: parameters in matmuls per token, including the (possibly tied) unembedding."""
   d, n, k, h, f = cfg.d_model, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.mlp_dim
-  per_layer = d * n * h + 2 * d * k * h + n * h * d + 3 * d * f
+  per_layer = d * n * h + 2 * d * k * h + n * h * d + (3 if cfg.mlp_gated else 2) * d * f
   return cfg.num_layers * per_layer + d * cfg.vocab_size
 
 
