@@ -73,6 +73,9 @@ def load_contexts(synth: Any, workdir: str, seed: int
       unique.append(ctx)
   if synth.max_contexts:
     unique = unique[:synth.max_contexts]
+  extra = tuple(os.path.abspath(os.path.expanduser(d)) for d in synth.data_dirs)
+  for ctx in unique:
+    ctx.data_dirs = tuple(dict.fromkeys(ctx.data_dirs + extra))
   return unique, skipped
 
 
@@ -82,14 +85,16 @@ def probe(ctxs: list[contexts_lib.Context], sandbox: Any) -> list[tuple[str, str
   from gift.execution.sandbox import Job
 
   todo = [c for c in ctxs if c.frames is None]
-  verdicts = sandbox.run_many([Job(c.code, "None", None, c.inputs, c.frame_names) for c in todo])
+  verdicts = sandbox.run_many([Job(c.code, "None", None, c.inputs, c.frame_names,
+                                   data_dirs=c.data_dirs) for c in todo])
   failed = []
   for ctx, v in zip(todo, verdicts):
     frames = {k: f for k, f in v.captured.items() if isinstance(f, pd.DataFrame) and not f.empty}
     if v.status != "ok" or "df" not in frames and not frames:
       why = v.status if v.status != "ok" else "no dataframe captured"
-      failed.append((ctx.id, f"probe_failed: {why}: {v.error_type or ''} "
-                             f"{(v.error_message or '')[:150]}".strip()))
+      message = (v.error_message or "").removeprefix("context: ")  # names a missing file
+      failed.append((ctx.id, f"probe_failed: {why}: {v.error_type or ''}: {message[:400]}"))
+      log.warning("skipping %s: %s", ctx.id, failed[-1][1])
       continue
     if "df" not in frames:  # templates address the main frame as `df`: the first one read
       main = next(n for n in ctx.frame_names if n in frames)
@@ -151,7 +156,7 @@ def process_context(ctx: contexts_lib.Context, backend: backends_lib.Backend, sa
         drops[why] += 1
         continue
       cands.append((intent, k, code, var))
-      jobs.append(Job(ctx.code, code, var, ctx.inputs))
+      jobs.append(Job(ctx.code, code, var, ctx.inputs, data_dirs=ctx.data_dirs))
   verdicts = sandbox.run_many(jobs) if jobs else []
   input_prints = {specs.fingerprint(f) for f in (ctx.frames or {}).values()}
 
@@ -382,7 +387,7 @@ def verify(data_dir: str, ctxs: list[contexts_lib.Context], sandbox: Any) -> dic
   jobs, metas = [], []
   for r in rows:
     ctx, meta = by_id[r["context_id"]], json.loads(r["meta"])
-    jobs.append(Job(ctx.code, r["code"], meta["output_var"], ctx.inputs))
+    jobs.append(Job(ctx.code, r["code"], meta["output_var"], ctx.inputs, data_dirs=ctx.data_dirs))
     metas.append(meta)
   verdicts = sandbox.run_many(jobs)
   reasons = {}

@@ -54,6 +54,8 @@ class Context:
     `pd.read_csv` call the shown cell makes) and injected, because sandboxed jobs see neither
     the caller's /tmp nor its cwd.
   load_code: code that rebuilds `frames` from the files by absolute path (kept in records).
+  data_dirs: folders the sandbox shows this context's jobs, read-only at their own paths (the
+    notebook's or CSV's own folder, plus `synth.data_dirs`); nothing else of a private home.
   """
   id: str
   cells: list[tuple[str, str, str | None]]
@@ -64,6 +66,7 @@ class Context:
   inputs: dict[str, pd.DataFrame] | None = None
   load_code: str = ""
   frame_names: tuple[str, ...] = ()  # notebooks: the variables to probe for `frames`
+  data_dirs: tuple[str, ...] = ()
 
   def text(self) -> str:
     """The prefix as notebook script text (what the model sees)."""
@@ -136,7 +139,8 @@ def from_csv(path: str, context_id: str | None = None, max_mb: float = 20.0,
     context_id = f"{source}/{stem}-{digest}"
   cells = [("code", "import pandas as pd\n" + shown, None), ("code", "df.head()", show(frame))]
   return Context(context_id, cells, PRELUDE, {"df": frame}, source, inputs={"df": frame},
-                 load_code="import pandas as pd\n" + run)
+                 load_code="import pandas as pd\n" + run,
+                 data_dirs=(os.path.dirname(os.path.abspath(path)),))
 
 
 def _skip(skipped: list, path: str, reason: str) -> None:
@@ -218,7 +222,8 @@ def from_notebook(path: str, max_mb: float = 20.0) -> list[Context]:
       frames += [n for n in new if n not in frames]
       if new:
         contexts.append(Context(f"nb/{stem}-{digest}/cell{i}", list(cells), "\n".join(code),
-                                None, "notebook", frame_names=tuple(frames)))
+                                None, "notebook", frame_names=tuple(frames),
+                                data_dirs=(folder,)))
   if not contexts:
     raise ValueError("no_frames: no code cell reads a dataframe with pd.read_*/pd.DataFrame")
   return contexts
@@ -572,7 +577,7 @@ def from_bundled_folder(folder: str, name: str, key: str | None = None) -> Conte
   if key and len(frames) > 1:
     links = [("df", var, key) for var in list(frames)[1:] if key in frames[var].columns]
   return Context(f"bundled/{name}", cells, PRELUDE, frames, "bundled", links, inputs=dict(frames),
-                 load_code="\n".join(run))
+                 load_code="\n".join(run), data_dirs=(os.path.abspath(folder),))
 
 
 MATPLOTLIB_CSVS = ("Stocks.csv", "msft.csv")
