@@ -143,7 +143,7 @@ def from_csv(path: str, context_id: str | None = None, max_mb: float = 20.0,
                  data_dirs=(os.path.dirname(os.path.abspath(path)),))
 
 
-def _skip(skipped: list, path: str, reason: str) -> None:
+def skip(skipped: list, path: str, reason: str) -> None:
   log.warning("skipping %s: %s", path, reason)
   skipped.append((path, reason))
 
@@ -158,7 +158,7 @@ def from_csv_folder(folder: str, max_mb: float = 20.0) -> tuple[list[Context], l
     try:
       contexts.append(from_csv(path, max_mb=max_mb))
     except ValueError as e:
-      _skip(skipped, path, str(e))
+      skip(skipped, path, str(e))
   return contexts, skipped
 
 
@@ -238,7 +238,7 @@ def from_notebooks(folder: str, max_mb: float = 20.0) -> tuple[list[Context], li
       try:
         contexts += from_notebook(path, max_mb)
       except ValueError as e:
-        _skip(skipped, path, str(e))
+        skip(skipped, path, str(e))
   return contexts, skipped
 
 
@@ -255,9 +255,9 @@ def from_paths(paths: Iterable[str], max_mb: float = 20.0) -> tuple[list[Context
         contexts += (from_notebook(path, max_mb) if path.endswith(".ipynb")
                      else [from_csv(path, max_mb=max_mb)])
       except ValueError as e:
-        _skip(skipped, path, str(e))
+        skip(skipped, path, str(e))
     else:
-      _skip(skipped, path, "missing: no such file or folder")
+      skip(skipped, path, "missing: no such file or folder")
   return contexts, skipped
 
 
@@ -583,6 +583,17 @@ def from_bundled_folder(folder: str, name: str, key: str | None = None) -> Conte
 MATPLOTLIB_CSVS = ("Stocks.csv", "msft.csv")
 
 
+def real_csvs() -> list[tuple[str, str]]:
+  """(path, context id) of the real CSVs matplotlib ships as sample data, where installed."""
+  try:
+    import matplotlib
+    sample = os.path.join(os.path.dirname(matplotlib.__file__), "mpl-data", "sample_data")
+  except ImportError:
+    return []
+  return [(os.path.join(sample, f), f"bundled/matplotlib_{os.path.splitext(f)[0].lower()}")
+          for f in MATPLOTLIB_CSVS if os.path.isfile(os.path.join(sample, f))]
+
+
 def bundled(out_dir: str, num: int = 24, seed: int = 0, include_real: bool = True,
             max_mb: float = 20.0) -> tuple[list[Context], list]:
   """The offline default: `num` generated contexts plus (if `include_real`) the real CSVs that
@@ -590,19 +601,9 @@ def bundled(out_dir: str, num: int = 24, seed: int = 0, include_real: bool = Tru
   contexts, skipped = [], []
   for name in generate_bundled(out_dir, num, seed):
     contexts.append(from_bundled_folder(os.path.join(out_dir, name), name))
-  if include_real:
+  for path, context_id in real_csvs() if include_real else []:
     try:
-      import matplotlib
-      sample = os.path.join(os.path.dirname(matplotlib.__file__), "mpl-data", "sample_data")
-    except ImportError:
-      sample = ""
-    for fname in MATPLOTLIB_CSVS:
-      path = os.path.join(sample, fname)
-      if not os.path.isfile(path):
-        continue
-      try:
-        stem = os.path.splitext(fname)[0].lower()
-        contexts.append(from_csv(path, f"bundled/matplotlib_{stem}", max_mb, "bundled"))
-      except ValueError as e:
-        _skip(skipped, path, str(e))
+      contexts.append(from_csv(path, context_id, max_mb, "bundled"))
+    except ValueError as e:
+      skip(skipped, path, str(e))
   return contexts, skipped
