@@ -35,11 +35,13 @@ setup(
         "pyseccomp>=0.1.2",
     ],
     extras_require={
+        "beam": ["apache-beam>=2.60"],  # gift build-data / gift eval --runner beam
         "test": [
             "pytest>=8.0",
             "torch==2.13.0",
             "transformers>=4.50",
             "ruff>=0.6",
+            "apache-beam>=2.60",
         ],
     },
     entry_points={"console_scripts": ["gift=gift.cli:main"]},

@@ -79,6 +79,7 @@ def base_config() -> ConfigDict:
       contexts=("bundled",),  # "bundled" and/or paths: CSV folders/files, .ipynb folders/files
       num_bundled=24, bundled_real=True,  # generated contexts; + matplotlib's sample CSVs
       max_file_mb=20.0,
+      data_dirs=(),  # more folders the notebooks read (besides their own), shown read-only
       backend="templates",  # templates | gift | openai
       operations=(),  # templates: subset of templates.OPERATIONS; () = all
       intents_per_context=96, samples_per_intent=3,
