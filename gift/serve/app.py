@@ -108,16 +108,20 @@ class ChatRequest(_Common):
 
 
 def _validation_error(e: pydantic.ValidationError | RequestValidationError) -> ApiError:
-  err = e.errors()[0]
-  loc = ".".join(str(x) for x in err.get("loc", ()) if x not in ("body",))
-  # Unions report one error per member: name the field and what it may be instead.
-  kinds = sorted({x.get("type", "") for x in e.errors()
-                  if ".".join(str(y) for y in x.get("loc", ())[:1]) == loc.split(".")[0]})
-  msg = err.get("msg", "invalid value")
-  if len(kinds) > 1:
-    msg = f"invalid type or value ({', '.join(k for k in kinds if k)})"
-  return ApiError(400, f"'{loc}': {msg}", param=loc.split(".")[0] or None,
-                  code="invalid_value" if err.get("type") != "missing" else "missing_field")
+  """The first offending field, named, with what was wrong (a union field's members each
+  report an error: then the field is named as having a wrong type or value)."""
+  errors = e.errors()
+  locs = [[str(x) for x in err.get("loc", ()) if x != "body"] for err in errors]
+  field = locs[0][0] if locs[0] else "body"
+  same = [err for err, loc in zip(errors, locs) if loc[:1] == [field]]
+  if errors[0].get("type") == "missing":
+    msg, code = "this field is required", "missing_field"
+  elif len(same) > 1:
+    msg, code = "wrong type or value for this field", "invalid_type"
+  else:
+    where = ".".join(locs[0])
+    msg, code = f"{errors[0].get('msg', 'invalid value')} (at {where})", "invalid_value"
+  return ApiError(400, f"'{field}': {msg}", param=field, code=code)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -239,14 +243,18 @@ class Server:
   async def events(self, request: Request, seqs: list[engine_lib.Choice], queue: asyncio.Queue):
     """Yields engine events until every choice finished; cancels them when the client goes
     away (checked while waiting, so a queued request is dropped too)."""
-    left = len(seqs)
+    left, checked = len(seqs), time.monotonic()
     try:
       while left:
         try:
           event = await asyncio.wait_for(queue.get(), timeout=0.25)
         except asyncio.TimeoutError:
+          event = None
+        if time.monotonic() - checked >= 0.25:  # also while tokens keep coming
+          checked = time.monotonic()
           if await request.is_disconnected():
             return
+        if event is None:
           continue
         if event[3] is not None:
           left -= 1

@@ -17,8 +17,9 @@ from gift.serve.engine import Engine, SamplingParams
 
 CFG = presets.get_preset("test_tiny", vocab_size=259, num_layers=2, max_seq_len=128)
 TOK = tokenizer_lib.load(None)
-# Few shapes, so the tests share compilations: prompts pad to 32 or 128, one cache extent.
-KW = dict(max_batch=4, max_seq_len=128, decode_steps=4, prompt_buckets=(32, 128),
+# Few shapes, so the tests share compilations (test_serve_app.py uses the same): prompts pad
+# to 128, one cache extent.
+KW = dict(max_batch=8, max_seq_len=128, decode_steps=4, prompt_buckets=(128,),
           extent_buckets=(128,))
 
 
@@ -42,7 +43,7 @@ def _prompts(lengths, seed=0):
 
 
 def _reference(params, prompts, max_new_tokens):
-  s = sample.Sampler(CFG, params, TOK, batch_size=4, buckets=(32, 128))
+  s = sample.Sampler(CFG, params, TOK, batch_size=8, buckets=(128,))
   return [row[0] for row in s.generate_ids(prompts, max_new_tokens=max_new_tokens,
                                            stop_at_eos=False)]
 
@@ -149,7 +150,7 @@ def test_cancel_frees_the_slot_and_queue_limit(params):
     deadline = time.time() + 60
     while eng.load()["busy"] and time.time() < deadline:
       time.sleep(0.01)
-    assert eng.load() == dict(busy=0, waiting=0, slots=4, extent=128)
+    assert eng.load() == dict(busy=0, waiting=0, slots=8, extent=128)
     assert all(len(s.ids) < 120 for s in seqs)
     (s,), = eng.generate(_prompts([4])[:1], SamplingParams(max_tokens=5, temperature=0.0),
                          timeout_s=300)  # still serving
@@ -172,6 +173,7 @@ def test_bad_requests_are_refused_with_the_reason(engine):
     engine.submit([], p)
 
 
+@pytest.mark.slow  # compiles the engine again for the mesh: ~40 s on 2 cores
 def test_greedy_equals_sampler_on_a_mesh(params):
   mesh = sharding.make_mesh(dict(data=2, fsdp=2, tensor=2))
   eng = Engine(CFG, params, TOK, mesh=mesh, **KW).start()
