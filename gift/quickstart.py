@@ -108,6 +108,36 @@ def _banner(i: int, text: str) -> None:
   print(f"\n=== [{i}/5] {text} ===", flush=True)
 
 
+def _cpu_seconds() -> tuple[float, float]:
+  """(user + sys CPU seconds of this process, of its reaped children: sandbox workers, ...)."""
+  import resource
+  me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+  return me.ru_utime + me.ru_stime, kids.ru_utime + kids.ru_stime
+
+
+class StageTimer:
+  """Wall and CPU time of each stage (CPU time, user + sys, is what a shared machine does not
+  inflate). `with timer("train"): ...` prints the stage's times when it ends."""
+
+  def __init__(self):
+    self.stages: dict[str, dict[str, float]] = {}
+
+  def __call__(self, name: str):
+    import contextlib
+
+    @contextlib.contextmanager
+    def scope():
+      wall0, (cpu0, kids0) = time.perf_counter(), _cpu_seconds()
+      yield
+      wall, (cpu, kids) = time.perf_counter() - wall0, _cpu_seconds()
+      t = {"wall_s": round(wall, 1), "cpu_s": round(cpu - cpu0 + kids - kids0, 1),
+           "cpu_children_s": round(kids - kids0, 1)}
+      self.stages[name] = t
+      print(f"[time] {name}: {t['wall_s']:.1f} s wall, {t['cpu_s']:.1f} s CPU "
+            f"({t['cpu_children_s']:.1f} s of it in child processes)", flush=True)
+    return scope()
+
+
 # ---------------------------------------------------------------------------------------------
 # Stages.
 # ---------------------------------------------------------------------------------------------
