@@ -33,6 +33,7 @@ from typing import Any, Callable, Sequence
 from gift.data import prompts as prompts_lib
 
 RESULTS_DIR = "exec_eval"
+TASKS_FILE = "tasks.json"  # the run's task set, as an ARCADE episode file
 BEST_DIR = "best"
 
 
@@ -119,6 +120,8 @@ def load_tasks(cfg: Any, out_dir: str) -> list[Any]:
   from gift.eval import arcade
 
   ev = cfg.train.exec_eval
+  os.makedirs(out_dir, exist_ok=True)
+  path = os.path.join(out_dir, TASKS_FILE)
   if ev.tasks:
     if not os.path.isfile(ev.tasks):
       raise ExecEvalError(f"train.exec_eval.tasks={ev.tasks!r}: no such episode file")
@@ -127,10 +130,17 @@ def load_tasks(cfg: Any, out_dir: str) -> list[Any]:
     if cfg.data.source != "tfds":
       raise ExecEvalError("train.exec_eval_every > 0 needs train.exec_eval.tasks (an episode "
                           "file) unless data.source=tfds (a GIFT dataset's validation split)")
-    os.makedirs(out_dir, exist_ok=True)
     episodes = episodes_from_dataset(cfg.data.path, cfg.data.eval_split,
-                                     os.path.join(out_dir, f"tasks.tmp{os.getpid()}.json"))
-  return spread(arcade.tasks(episodes, context=cfg.data.context), ev.num_tasks)
+                                     os.path.join(out_dir, "all_tasks.json"))
+  kept = {t.task_id for t in spread(arcade.tasks(episodes), ev.num_tasks)}
+  episodes = [dict(ep, turns=[t for j, t in enumerate(ep["turns"])
+                              if f"{ep['notebook_name']}/{j}" in kept]) for ep in episodes]
+  episodes = [ep for ep in episodes if ep["turns"]]
+  tmp = f"{path}.tmp{os.getpid()}"
+  with open(tmp, "w") as f:
+    json.dump(episodes, f)
+  os.replace(tmp, path)
+  return arcade.tasks(episodes, context=cfg.data.context)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -245,13 +255,16 @@ class ExecEval:
       if not isinstance(self._refs, dict):
         raise RuntimeError(f"reference outputs failed: {self._refs}")
     box = self._sandbox()
+    # A task whose reference fails to run cannot be passed: it is left out of the rate.
+    ok = [i for i, t in enumerate(self.tasks) if isinstance(self._refs[t.task_id], arcade.Output)]
+    tasks = [self.tasks[i] for i in ok]
     row, passed = {}, {}
     for kind, outs in completions.items():
-      cands = {t.task_id: [prompts_lib.cut_at_stop(c)] for t, c in zip(self.tasks, outs)}
-      flags = arcade.score(box, self.tasks, cands, self._refs)
+      cands = {t.task_id: [prompts_lib.cut_at_stop(outs[i])] for t, i in zip(tasks, ok)}
+      flags = arcade.score(box, tasks, cands, self._refs)
       passed[kind] = sorted(tid for tid, f in flags.items() if f[0])
-      row[f"pass@1/{kind}"] = len(passed[kind]) / max(1, len(self.tasks))
-    row["exec_eval/tasks"] = len(self.tasks)
+      row[f"pass@1/{kind}"] = len(passed[kind]) / max(1, len(tasks))
+    row["exec_eval/tasks"] = len(tasks)
     row["exec_eval/sample_s"] = round(sample_s, 3)
     row["exec_eval/execute_s"] = round(time.perf_counter() - t0, 3)
     os.makedirs(self.out_dir, exist_ok=True)
