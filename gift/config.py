@@ -19,12 +19,13 @@ from typing import Any, Iterable
 
 import ml_collections
 
+from gift import UserError
 from gift.model import presets
 
 ConfigDict = ml_collections.ConfigDict
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
   """A config file, key or value is wrong; the message says which and what was expected."""
 
 

@@ -243,7 +243,11 @@ def import_hf(hf_dir: str, **overrides: Any) -> tuple[ModelConfig, dict]:
   if not os.path.exists(config_path):
     raise FileNotFoundError(f"{config_path} not found: is {hf_dir} a Hugging Face model dir?")
   with open(config_path) as f:
-    cfg = config_from_hf(json.load(f), config_path, **overrides)
+    try:
+      cfg = config_from_hf(json.load(f), config_path, **overrides)
+    except ValueError as e:  # not JSON, or a model gift does not import: the user's input
+      from gift import InputError
+      raise InputError(str(e) if config_path in str(e) else f"{config_path}: {e}") from e
   files = _tensor_files(hf_dir)
   plan = _tensor_plan(cfg)
   expected = {name for name, *_ in plan}

@@ -92,6 +92,7 @@ def _sandbox(args, rt: runtime_lib.RuntimeInfo):
 def eval_ds1000(args) -> dict[str, Any]:
   """Scores answers or checkpoint samples on DS-1000 pandas; returns the results dict."""
   t0 = time.perf_counter()
+  answers = ds1000.load_answers(args.answers) if args.answers else None  # bad input: fail first
   problems = ds1000.load(args.dataset)
   problems = problems[:args.limit] if args.limit else problems
   rt = runtime_lib.resolve(args.runtime)
@@ -108,8 +109,7 @@ def eval_ds1000(args) -> dict[str, Any]:
     spec_errors = sum(k.startswith("error:") for t in specs.values() for k in t)
     if spec_errors:
       notes.append(f"{spec_errors} spec renderings failed (those prompts carry no spec)")
-    if args.answers:
-      answers = ds1000.load_answers(args.answers)
+    if answers is not None:
       missing = [p.problem_id for p in problems if p.problem_id not in answers]
       cands = {p.problem_id: [ds1000.postprocess(c) for c in answers.get(p.problem_id, [""])]
                for p in problems}
