@@ -51,6 +51,7 @@ import numpy as np
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
+from gift import InputError
 from gift.model import layers
 from gift.model.presets import ModelConfig
 
@@ -745,12 +746,18 @@ def import_hf(hf_dir: str, **overrides: Any) -> tuple[ModelConfig, dict]:
   if not os.path.exists(config_path):
     raise FileNotFoundError(f"{config_path} not found: is {hf_dir} a Hugging Face model dir?")
   with open(config_path) as f:
-    hf = json.load(f)
+    try:
+      hf = json.load(f)
+    except ValueError as e:
+      raise InputError(f"{config_path}: not valid JSON ({e})") from e
   files = _tensor_files(hf_dir)
-  arch = _find_arch(hf, config_path)
-  prefix, head = _prefixes(arch, files)
-  cfg, arch = _config_and_arch(hf, config_path, overrides,
-                               has_lm_head=f"{head}weight" in files)
+  try:  # a model gift does not import, or a config it cannot express: the user's input
+    arch = _find_arch(hf, config_path)
+    prefix, head = _prefixes(arch, files)
+    cfg, arch = _config_and_arch(hf, config_path, overrides,
+                                 has_lm_head=f"{head}weight" in files)
+  except ValueError as e:
+    raise InputError(str(e) if config_path in str(e) else f"{config_path}: {e}") from e
   plan = _tensor_plan(cfg, arch, prefix, head)
   expected = {name for name, *_ in plan}
   present = {n for n in files if not n.endswith(_IGNORED_SUFFIXES)}

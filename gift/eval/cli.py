@@ -130,6 +130,7 @@ def _on_beam(args, bench, groups: list, rt: runtime_lib.RuntimeInfo, kinds: list
 def eval_ds1000(args) -> dict[str, Any]:
   """Scores answers or checkpoint samples on DS-1000 pandas; returns the results dict."""
   t0 = time.perf_counter()
+  answers = ds1000.load_answers(args.answers) if args.answers else None  # bad input: fail first
   problems = ds1000.load(args.dataset)
   problems = problems[:args.limit] if args.limit else problems
   rt = runtime_lib.resolve(args.runtime)
@@ -137,9 +138,7 @@ def eval_ds1000(args) -> dict[str, Any]:
   ks = tuple(int(k) for k in args.ks.split(","))
   progress = not args.no_progress
   runs, notes, sampling = {}, [], []
-  answers = kinds = None
-  if args.answers:
-    answers = ds1000.load_answers(args.answers)
+  if answers is not None:
     missing = [p.problem_id for p in problems if p.problem_id not in answers]
     answers = {p.problem_id: [ds1000.postprocess(c) for c in answers.get(p.problem_id, [""])]
                for p in problems}
