@@ -24,7 +24,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
   "eval": ("gift.eval.cli:main", "execution-based evaluation (DS-1000, ARCADE-style)"),
   "exec": ("gift.execution.cli:main", "run untrusted code in the sandbox, print a JSON verdict"),
   "runtime": ("gift.execution.runtime:main", "create a pinned evaluation runtime (virtualenv)"),
-  "import-hf": ("gift.hf:import_main", "convert a Hugging Face Llama/Gemma checkpoint to gift"),
+  "import-hf": ("gift.hf:import_main",
+                "convert a Hugging Face checkpoint (Llama, Qwen, Gemma, StarCoder2, ...) to gift"),
   "export-hf": ("gift.hf:export_main", "convert a gift checkpoint to Hugging Face format"),
 }
 

@@ -750,9 +750,9 @@ def import_hf(hf_dir: str, **overrides: Any) -> tuple[ModelConfig, dict]:
       hf = json.load(f)
     except ValueError as e:
       raise InputError(f"{config_path}: not valid JSON ({e})") from e
-  files = _tensor_files(hf_dir)
   try:  # a model gift does not import, or a config it cannot express: the user's input
     arch = _find_arch(hf, config_path)
+    files = _tensor_files(hf_dir)
     prefix, head = _prefixes(arch, files)
     cfg, arch = _config_and_arch(hf, config_path, overrides,
                                  has_lm_head=f"{head}weight" in files)
