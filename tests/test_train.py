@@ -169,7 +169,7 @@ def test_init_from_checks_the_model_config_and_starts_from_its_weights(reference
                                                                        tmp_path, repo_root,
                                                                        monkeypatch):
   monkeypatch.chdir(repo_root)
-  with pytest.raises(ValueError, match=r"d_model: 64 there vs 32"):
+  with pytest.raises(ValueError, match=r"config.model.d_model=32 but the checkpoint has d_model"):
     train_lib.train(gc.parse_args(_args(data_path, "x", f"--config.init_from={reference}",
                                         "--config.model.d_model=32"))[0], str(tmp_path / "a"))
   args = _args(data_path, str(tmp_path / "b"), f"--config.init_from={reference}",
