@@ -161,16 +161,18 @@ def dataclass_replace(obj, **kw):
 # ------------------------------------------------------------------------------------------------
 # PEFT export / import
 # ------------------------------------------------------------------------------------------------
-def _hf_modules() -> dict[tuple[str, ...], str]:
-  """gift path under layers -> the HF module name within a layer (e.g. self_attn.q_proj)."""
+def _hf_modules(model_cfg: ModelConfig) -> dict[tuple[str, ...], str]:
+  """gift path under layers -> the HF module within a layer (e.g. self_attn.q_proj), by the
+  Hugging Face architecture the model exports as (gift/hf.py's tables)."""
   from gift import hf
-  return {path: suffix.removesuffix(".weight") for suffix, path, kind in hf._LAYER_TENSORS  # noqa
-          if suffix.endswith(".weight") and kind != "same"}
+  arch = hf._arch_for(model_cfg)[0]  # noqa: SLF001
+  return {path: name.removesuffix(".weight") for path, name in arch.layer_names.items()
+          if name.endswith(".weight") and "norm" not in name}
 
 
-def _module_of(t: lora_lib.Target) -> str:
+def _module_of(t: lora_lib.Target, model_cfg: ModelConfig) -> str:
   if t.path[0] == "layers":
-    mods = _hf_modules()
+    mods = _hf_modules(model_cfg)
     if t.path[1:] not in mods:
       raise ValueError(f"{t.name}: no Hugging Face module is known for this target")
     return mods[t.path[1:]]
@@ -186,7 +188,7 @@ def peft_tensors(model_cfg: ModelConfig, lcfg: lora_lib.LoraConfig, adapters: di
   for t in lora_lib.targets(model_cfg, lcfg):
     ad = lora_lib._get(adapters, t.path)  # noqa: SLF001
     a, b = np.asarray(ad["a"], np.float32), np.asarray(ad["b"], np.float32)
-    mod = _module_of(t)
+    mod = _module_of(t, model_cfg)
     for i in range(t.shape[0] if t.lead else 1):
       ai, bi = (a[i], b[i]) if t.lead else (a, b)
       prefix = (f"base_model.model.model.layers.{i}.{mod}" if t.lead
@@ -200,7 +202,8 @@ def peft_tensors(model_cfg: ModelConfig, lcfg: lora_lib.LoraConfig, adapters: di
 
 def peft_config(model_cfg: ModelConfig, lcfg: lora_lib.LoraConfig,
                 base_name: str | None = None) -> dict[str, Any]:
-  mods = sorted({_module_of(t).split(".")[-1] for t in lora_lib.targets(model_cfg, lcfg)})
+  mods = sorted({_module_of(t, model_cfg).split(".")[-1]
+                 for t in lora_lib.targets(model_cfg, lcfg)})
   return {
       "peft_type": "LORA", "task_type": "CAUSAL_LM", "base_model_name_or_path": base_name,
       "r": lcfg.rank, "lora_alpha": lcfg.alpha, "lora_dropout": lcfg.dropout,
@@ -249,8 +252,8 @@ def export_peft(ckpt_dir: str, out_dir: str, step: int | None = None,
   _write_dir(out_dir, write)
 
 
-def _peft_targets_regex(modules: list[str]) -> str:
-  inv = {v.split(".")[-1]: "/".join(k) for k, v in _hf_modules().items()}
+def _peft_targets_regex(modules: list[str], model_cfg: ModelConfig) -> str:
+  inv = {v.split(".")[-1]: "/".join(k) for k, v in _hf_modules(model_cfg).items()}
   paths = []
   for m in modules:
     if m == "lm_head":
@@ -287,10 +290,10 @@ def import_peft(adapter_dir: str, base_dir: str, out_dir: str) -> lora_lib.LoraC
   alpha = float(pc.get("lora_alpha", rank))
   if pc.get("use_rslora"):  # scale alpha / sqrt(r) == alpha' / r with alpha' = alpha sqrt(r)
     alpha = alpha * rank ** 0.5
+  model_cfg = ckpt_lib.read_model_config(base_dir)
   lcfg = lora_lib.LoraConfig(peft="lora", rank=rank, alpha=alpha,
                              dropout=float(pc.get("lora_dropout", 0.0)),
-                             targets=_peft_targets_regex(sorted(modules))).validate()
-  model_cfg = ckpt_lib.read_model_config(base_dir)
+                             targets=_peft_targets_regex(sorted(modules), model_cfg)).validate()
   weights_path = os.path.join(adapter_dir, PEFT_WEIGHTS)
   if not os.path.isfile(weights_path):
     raise FileNotFoundError(f"{weights_path} not found (gift reads safetensors adapters)")
@@ -302,7 +305,7 @@ def import_peft(adapter_dir: str, base_dir: str, out_dir: str) -> lora_lib.LoraC
   adapters: dict = {}
   used = set()
   for t in lora_lib.targets(model_cfg, lcfg):
-    mod = _module_of(t)
+    mod = _module_of(t, model_cfg)
     sa, sb = t.adapter_shapes(rank)
     a, b = np.empty(sa, np.float32), np.empty(sb, np.float32)
     for i in range(t.shape[0] if t.lead else 1):

@@ -5,7 +5,7 @@ Only shapes and numerics live here; weights come from training or `gift import-h
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, Mapping
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,6 +36,30 @@ class ModelConfig:
       on CPU in float32 with hand-written row-major gradients), "xla" or "cudnn"
       (`jax.nn.dot_product_attention`; "cudnn" is cuDNN flash attention on NVIDIA GPUs, bf16 or
       f16, causal work skipped). Decoding with a KV cache always uses "default".
+
+  Per-family math (each field defaults to the Llama behaviour; a family is a preset, a set of
+  these values, never a name tested in the code):
+    norm_type: "rms" (RMSNorm) or "layer" (LayerNorm with a bias; StarCoder2).
+    mlp_gated: gated MLP down(act(x @ gate) * (x @ up)); False: down(act(x @ up)) (StarCoder2).
+    qkv_bias: biases on the q/k/v projections (Qwen2, StarCoder2). o_bias: on the output
+      projection. mlp_bias: on every MLP projection.
+    qk_norm: RMSNorm over head_dim of q and k before RoPE (Qwen3: x * w; Gemma 3: x * (1 + w),
+      following `norm_plus_one`).
+    sandwich_norms: norms on the attention output and the MLP output too, before each residual
+      add (Gemma 2/3: post_attention / pre_ and post_feedforward norms).
+    attn_logit_softcap: attention scores -> cap * tanh(scores / cap) after scaling, before the
+      mask (0 = off; Gemma 2). final_logit_softcap: the same on the output logits.
+    query_pre_attn_scalar: queries are scaled by this ** -0.5 instead of head_dim ** -0.5
+      (0 = head_dim; Gemma 2/3).
+    rope_scaling: the RoPE variant of `rope_theta`'s (full-attention) layers as (key, value)
+      pairs, e.g. (("factor", 8.0), ("rope_type", "llama3"), ...); () = unscaled. A dict is
+      accepted and frozen. Types: see `layers.ROPE_INIT_FUNCTIONS`.
+    local_rope_theta: RoPE base of the sliding-window layers, unscaled (0 = same RoPE as the
+      full layers; Gemma 3: 1e4 local, 1e6 global).
+    sliding_window: a sliding layer's query sees only the last `sliding_window` keys (itself
+      included); 0 = no sliding layers.
+    layer_types: per layer "full_attention" or "sliding_attention"; () = every layer sliding
+      when sliding_window > 0 (Mistral, StarCoder2), else full.
   """
 
   vocab_size: int = 256
@@ -57,6 +81,46 @@ class ModelConfig:
   remat_policy: str = "none"
   scan_layers: bool = True
   attention_impl: str = "default"
+  norm_type: str = "rms"
+  mlp_gated: bool = True
+  qkv_bias: bool = False
+  o_bias: bool = False
+  mlp_bias: bool = False
+  qk_norm: bool = False
+  sandwich_norms: bool = False
+  attn_logit_softcap: float = 0.0
+  final_logit_softcap: float = 0.0
+  query_pre_attn_scalar: float = 0.0
+  rope_scaling: tuple = ()
+  local_rope_theta: float = 0.0
+  sliding_window: int = 0
+  layer_types: tuple = ()
+
+  def __post_init__(self):
+    # Frozen and hashable (jit's static argument): dicts and JSON lists become sorted tuples.
+    scaling = self.rope_scaling
+    if isinstance(scaling, Mapping) or hasattr(scaling, "items"):
+      scaling = tuple(sorted(dict(scaling).items()))
+    scaling = tuple(sorted((str(k), _frozen(v)) for k, v in scaling))
+    object.__setattr__(self, "rope_scaling", scaling)
+    object.__setattr__(self, "layer_types", tuple(self.layer_types))
+    if self.layer_types and len(self.layer_types) != self.num_layers:
+      raise ValueError(f"model.layer_types has {len(self.layer_types)} entries for "
+                       f"num_layers={self.num_layers}")
+    bad = sorted(set(self.layer_types) - set(LAYER_TYPES))
+    if bad:
+      raise ValueError(f"model.layer_types: unknown {bad}; expected entries of {LAYER_TYPES}")
+    if "sliding_attention" in self.layer_types and self.sliding_window <= 0:
+      raise ValueError("model.layer_types has sliding_attention layers but sliding_window=0")
+    if self.norm_type not in ("rms", "layer"):
+      raise ValueError(f"model.norm_type={self.norm_type!r}; expected 'rms' or 'layer'")
+
+  @property
+  def sliding_layers(self) -> tuple[bool, ...]:
+    """Per layer: whether it is a sliding-window layer."""
+    if self.layer_types:
+      return tuple(t == "sliding_attention" for t in self.layer_types)
+    return (self.sliding_window > 0,) * self.num_layers
 
   def replace(self, **kw: Any) -> "ModelConfig":
     return dataclasses.replace(self, **kw)
@@ -74,6 +138,13 @@ class ModelConfig:
     if unknown:
       raise ValueError(f"unknown model config keys {unknown}; valid keys: {sorted(names)}")
     return cls(**d)
+
+
+LAYER_TYPES = ("full_attention", "sliding_attention")
+
+
+def _frozen(v: Any) -> Any:
+  return tuple(_frozen(x) for x in v) if isinstance(v, (list, tuple)) else v
 
 
 _LLAMA = dict(mlp_activation="silu", tie_embeddings=False, embed_scale=False,
