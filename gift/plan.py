@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 from typing import Any
 
 import jax
@@ -142,6 +143,13 @@ def main(argv: list[str]) -> int:
   parser.add_argument("--peft", default="all", choices=("all", "none", "lora", "qlora"),
                       help="with --compile: which train steps to compile")
   args = parser.parse_args(rest)
+  if args.compile:
+    from gift import cpu_env
+    if cpu_env.cpu_only_host() and _NO_LICM not in os.environ.get("XLA_FLAGS", ""):
+      # XLA:CPU has no bf16 dot: it converts operands to f32, and loop-invariant code motion
+      # then hoists those converts of every stacked weight out of the layer scan (an f32 copy
+      # of the model, which no accelerator build makes). Set before the backend starts.
+      os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _NO_LICM).strip()
   try:
     p = plan(cfg, args.num_devices)
   except ValueError as e:
@@ -162,6 +170,7 @@ def main(argv: list[str]) -> int:
 # LoRA / QLoRA: states per device, and the compiled train step's memory
 # ------------------------------------------------------------------------------------------------
 PEFT_ROWS = ("none", "lora", "qlora")
+_NO_LICM = "--xla_disable_hlo_passes=while-loop-invariant-code-motion"
 
 
 def _lora_cfg(cfg, kind: str):
@@ -208,7 +217,12 @@ def compiled_memory(cfg, kinds=PEFT_ROWS) -> dict[str, dict[str, Any]]:
   output, temp and alias bytes, and peak = argument + output + temp - alias."""
   from gift import lora
   model_cfg = config_lib.model_config(cfg)
-  mesh = sharding.make_mesh(cfg.mesh)
+  fixed = [int(cfg.mesh[a]) for a in sharding.MESH_AXES]
+  n = jax.device_count() if -1 in fixed else math.prod(fixed)
+  if n > jax.device_count():
+    raise ValueError(f"the mesh needs {n} devices, this host has {jax.device_count()} (on a CPU "
+                     f"host: XLA_FLAGS=--xla_force_host_platform_device_count={n})")
+  mesh = sharding.make_mesh(cfg.mesh, jax.devices()[:n])
   optimizer = step.make_optimizer(cfg.train)
   b, t = cfg.train.batch_size, cfg.data.seq_len
   b_sh = sharding.batch_sharding(mesh)
@@ -239,6 +253,8 @@ def compiled_memory(cfg, kinds=PEFT_ROWS) -> dict[str, dict[str, Any]]:
     row = dict(argument=m.argument_size_in_bytes, output=m.output_size_in_bytes,
                temp=m.temp_size_in_bytes, alias=m.alias_size_in_bytes)
     row["peak"] = row["argument"] + row["output"] + row["temp"] - row["alias"]
-    row["device"] = jax.devices()[0].device_kind
+    row["device"] = jax.devices()[0].device_kind + (
+        " (XLA:CPU, loop-invariant code motion off)" if _NO_LICM in os.environ.get(
+            "XLA_FLAGS", "") and jax.default_backend() == "cpu" else "")
     out[kind] = row
   return out

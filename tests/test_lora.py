@@ -74,7 +74,7 @@ def test_step_0_is_the_base_exactly_and_unmerged_equals_merged(params):
   assert np.abs(unmerged - want).max() > 1e-2
 
 
-@pytest.mark.parametrize("remat", ["none", "full"])
+@pytest.mark.parametrize("remat", [pytest.param("none", marks=pytest.mark.slow), "full"])
 def test_adapter_gradients_match_autodiff_of_the_merged_model(params, monkeypatch, remat):
   """The hand-written paths (frozen-base dx, CPU row-major dense for a and b) against JAX's own
   autodiff of the merged weights with every CPU fast path off."""
@@ -110,6 +110,7 @@ def _params_heavy():
                      head_dim=64, mlp_dim=1024)
 
 
+@pytest.mark.slow
 def test_no_gradient_or_optimizer_state_for_the_frozen_base():
   cfg = _params_heavy()
   opt = step.make_optimizer(gc.base_config().train)
@@ -180,7 +181,7 @@ def test_quantized_matmul_matches_the_dequantized_reference(kind, dtype):
                              atol=tol * 20, rtol=tol * 2)
 
 
-@pytest.mark.parametrize("quant", ["nf4", "int8"])
+@pytest.mark.parametrize("quant", ["nf4", pytest.param("int8", marks=pytest.mark.slow)])
 def test_qlora_model_equals_its_dequantized_reference(params, quant):
   lq = lora.LoraConfig(peft="qlora", rank=4, quant=quant, block_size=16)
   base = jax.jit(lambda p: lora.prepare_base(CFG, lq, p))(params)
@@ -228,6 +229,7 @@ def test_adapters_and_quantized_base_shard_like_their_weights_on_8_devices(param
   assert np.isfinite(float(m["loss"]))
 
 
+@pytest.mark.slow
 def test_grad_accumulation_and_remat_match_one_step(params):
   opt = step.make_optimizer(gc.base_config().train)
   batch = _batch(b=4)

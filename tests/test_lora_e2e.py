@@ -188,6 +188,7 @@ def test_lora_train_kill9_resume_sample_export_peft(base, data_path, tmp_path, r
     np.testing.assert_allclose(merged_logits, np.asarray(got_q), atol=1e-4, rtol=0)
 
 
+@pytest.mark.slow
 def test_import_peft_adapter_made_by_peft(base, tmp_path, monkeypatch, repo_root):
   """An adapter written by `peft` itself (random B, rsLoRA off) imports; gift's logits with it
   match peft's; `gift train` continues from it."""
