@@ -242,6 +242,9 @@ def train(cfg: Any, workdir: str) -> dict[str, Any]:
   # -------------------------------------------------------------------------------------------
   writer = metrics_lib.MetricsWriter(workdir, enabled=is_main)
   flops_per_token = flops_lib.train_flops_per_token(model_cfg, seq_len)
+  if lcfg is not None:  # the frozen weights get no dW (2 x matmul params); adapters get all 6
+    flops_per_token += (6 * sum(x.size for x in jax.tree.leaves(abstract_params))
+                        - 2 * flops_lib.matmul_params(model_cfg))
   peak = flops_lib.peak_flops(jax.devices()[0].device_kind)
   tokens_per_step = batch_size * seq_len
 
