@@ -96,9 +96,10 @@ def _tokens(b=2, t=11, seed=0):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("peft_kind,quant", [("lora", "nf4"), ("qlora", "nf4")])
+@pytest.mark.parametrize("peft_kind,quant,stop", [("lora", "nf4", signal.SIGKILL),
+                                                   ("qlora", "nf4", signal.SIGTERM)])
 def test_lora_train_kill9_resume_sample_export_peft(base, data_path, tmp_path, repo_root,
-                                                     monkeypatch, peft_kind, quant):
+                                                     monkeypatch, peft_kind, quant, stop):
   hf_model, hf_dir, base_dir = base
   monkeypatch.chdir(repo_root)
   extra = (f"--config.train.peft={peft_kind}", f"--config.lora.quant={quant}",
@@ -118,7 +119,8 @@ def test_lora_train_kill9_resume_sample_export_peft(base, data_path, tmp_path, r
   assert _dir_bytes(os.path.join(step_dir, "params")) < 0.25 * full_bytes
   assert _dir_bytes(step_dir) < full_bytes  # params + opt_state + data < one full f32 copy
 
-  # kill -9 after the first finalized step, then resume: bitwise the uninterrupted run.
+  # kill -9 (LoRA) or SIGTERM (QLoRA: saves, exits 0) after the first finalized step, then
+  # resume: bitwise the uninterrupted run.
   workdir = str(tmp_path / "run")
   proc = _gift(repo_root, "train", *_args(data_path, workdir, base_dir, *extra))
   deadline = time.time() + 240
@@ -126,9 +128,13 @@ def test_lora_train_kill9_resume_sample_export_peft(base, data_path, tmp_path, r
     if any(d.isdigit() for d in (os.listdir(workdir) if os.path.isdir(workdir) else ())):
       break
     time.sleep(0.01)
-  proc.send_signal(signal.SIGKILL)
-  out = proc.communicate()[0]
-  assert proc.returncode == -signal.SIGKILL, f"run ended before the kill:\n{out[-2000:]}"
+  proc.send_signal(stop)
+  out = proc.communicate(timeout=300)[0]
+  if stop == signal.SIGKILL:
+    assert proc.returncode == -signal.SIGKILL, f"run ended before the kill:\n{out[-2000:]}"
+  else:
+    assert proc.returncode == 0 and "preempted (SIGTERM): saved step" in out, out[-2000:]
+  assert max(_losses(workdir)) < STEPS
   proc = _gift(repo_root, "train", *_args(data_path, workdir, base_dir, *extra))
   out = proc.communicate(timeout=300)[0]
   assert proc.returncode == 0, out[-3000:]
