@@ -11,6 +11,8 @@ MFU = achieved FLOP/s / peak FLOP/s, with the peak of the device's dense bf16 ma
 """
 from __future__ import annotations
 
+import time
+
 from gift.model.presets import ModelConfig
 
 # Dense bf16 peak FLOP/s per device (per chip for TPUs), matched in order as lowercase substrings
@@ -62,3 +64,24 @@ def attention_flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
 def train_flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
   """6 * M + 6 * L * T * N * H (see the module docstring)."""
   return 6.0 * matmul_params(cfg) + attention_flops_per_token(cfg, seq_len)
+
+
+def measure_matmul_peak(n: int = 2048, seconds: float = 1.0) -> float:
+  """Achieved f32 FLOP/s of a square [n, n] @ [n, n] matmul in XLA on the first CPU device, the
+  best of repeated calls over about `seconds`: this host's measured matmul peak (hosts of one
+  cloud machine type differ ~3x), the denominator of MFU on a CPU and the yardstick
+  `gift quickstart` prints so a slow host is visible as such."""
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+
+  a_nn = jax.device_put(np.random.default_rng(0).standard_normal((n, n), dtype=np.float32),
+                        jax.devices("cpu")[0])
+  dot = jax.jit(jnp.dot)
+  dot(a_nn, a_nn).block_until_ready()  # compile and warm the kernels
+  best, deadline = float("inf"), time.perf_counter() + seconds
+  while time.perf_counter() < deadline:
+    t0 = time.perf_counter()
+    dot(a_nn, a_nn).block_until_ready()
+    best = min(best, time.perf_counter() - t0)
+  return 2.0 * n ** 3 / best

@@ -51,6 +51,7 @@ import numpy as np
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
+from gift import InputError
 from gift.model import layers
 from gift.model.presets import ModelConfig
 
@@ -745,12 +746,18 @@ def import_hf(hf_dir: str, **overrides: Any) -> tuple[ModelConfig, dict]:
   if not os.path.exists(config_path):
     raise FileNotFoundError(f"{config_path} not found: is {hf_dir} a Hugging Face model dir?")
   with open(config_path) as f:
-    hf = json.load(f)
-  files = _tensor_files(hf_dir)
-  arch = _find_arch(hf, config_path)
-  prefix, head = _prefixes(arch, files)
-  cfg, arch = _config_and_arch(hf, config_path, overrides,
-                               has_lm_head=f"{head}weight" in files)
+    try:
+      hf = json.load(f)
+    except ValueError as e:
+      raise InputError(f"{config_path}: not valid JSON ({e})") from e
+  try:  # a model gift does not import, or a config it cannot express: the user's input
+    arch = _find_arch(hf, config_path)
+    files = _tensor_files(hf_dir)
+    prefix, head = _prefixes(arch, files)
+    cfg, arch = _config_and_arch(hf, config_path, overrides,
+                                 has_lm_head=f"{head}weight" in files)
+  except ValueError as e:
+    raise InputError(str(e) if config_path in str(e) else f"{config_path}: {e}") from e
   plan = _tensor_plan(cfg, arch, prefix, head)
   expected = {name for name, *_ in plan}
   present = {n for n in files if not n.endswith(_IGNORED_SUFFIXES)}
@@ -801,7 +808,11 @@ def import_hf(hf_dir: str, **overrides: Any) -> tuple[ModelConfig, dict]:
 def export_hf(model_cfg: ModelConfig, params: dict, out_dir: str,
               tokenizer_path: str | None = None, dtype: str = "float32",
               max_shard_bytes: int = 4 << 30, architecture: str | None = None) -> None:
-  """Writes `config.json`, `model.safetensors` (or shards + index) and `tokenizer.model`.
+  """Writes `config.json`, `model.safetensors` (or shards + index) and the tokenizer files.
+
+  `tokenizer_path` (a `.model` file or a tokenizer folder such as a gift checkpoint) is copied
+  with `gift.tokenizer.copy_files`: tokenizer.json / tokenizer.model, tokenizer_config.json,
+  special_tokens_map.json, chat_template.jinja and generation_config.json, as present.
 
   `architecture` (an ARCHS name) picks the HF class; None: the first that expresses the config
   (a Llama-shaped config exports as LlamaForCausalLM, Qwen2's q/k/v biases as Qwen2, ...).
@@ -814,9 +825,9 @@ def export_hf(model_cfg: ModelConfig, params: dict, out_dir: str,
     raise ValueError(f"export dtype {dtype!r}; expected one of {sorted(_DTYPES)}")
   if os.path.exists(out_dir) and os.listdir(out_dir):
     raise FileExistsError(f"export target {out_dir} exists and is not empty")
+  from gift import tokenizer as tokenizer_lib
   ids = {}
   if tokenizer_path:
-    from gift import tokenizer as tokenizer_lib
     tok = tokenizer_lib.load(tokenizer_path)
     ids = dict(bos_id=tok.bos_id, eos_id=tok.eos_id, pad_id=tok.pad_id)
   hf_config = config_to_hf(model_cfg, dtype=dtype, architecture=architecture, **ids)
@@ -831,7 +842,7 @@ def export_hf(model_cfg: ModelConfig, params: dict, out_dir: str,
     with open(os.path.join(tmp, "config.json"), "w") as f:
       json.dump(hf_config, f, indent=2)
     if tokenizer_path:
-      shutil.copyfile(tokenizer_path, os.path.join(tmp, "tokenizer.model"))
+      tokenizer_lib.copy_files(tokenizer_path, tmp)
     if os.path.exists(out_dir):
       os.rmdir(out_dir)  # empty (checked above)
     os.replace(tmp, out_dir)
@@ -911,11 +922,17 @@ def import_main(argv: list[str]) -> int:
   if args.max_seq_len:
     overrides["max_seq_len"] = args.max_seq_len
   cfg, params = import_hf(args.hf_dir, **overrides)
-  tok = os.path.join(args.hf_dir, "tokenizer.model")
-  checkpoint.save_model(args.out, cfg, params, tokenizer_path=tok if os.path.exists(tok) else None)
+  checkpoint.save_model(args.out, cfg, params, tokenizer_path=tokenizer_source(args.hf_dir))
   n = sum(x.size for x in _leaves(params))
   print(f"imported {args.hf_dir} -> {args.out}: {n:,} params, {cfg}")
   return 0
+
+
+def tokenizer_source(hf_dir: str) -> str | None:
+  """`hf_dir` when it holds a tokenizer (tokenizer.json or tokenizer.model; its config files
+  and generation_config.json travel with it), else None."""
+  has = lambda name: os.path.isfile(os.path.join(hf_dir, name))
+  return hf_dir if has("tokenizer.json") or has("tokenizer.model") else None
 
 
 def export_main(argv: list[str]) -> int:
