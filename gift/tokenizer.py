@@ -418,8 +418,21 @@ def _compile_template(template: str) -> Any:
     return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators,
                       sort_keys=sort_keys)
 
+  class Generation(jinja2.ext.Extension):
+    """`{% generation %}...{% endgeneration %}` (marks assistant text for transformers' masks):
+    rendered as its body."""
+    tags = {"generation"}
+
+    def parse(self, parser):
+      lineno = next(parser.stream).lineno
+      body = parser.parse_statements(("name:endgeneration",), drop_needle=True)
+      return jinja2.nodes.CallBlock(self.call_method("_body"), [], [], body).set_lineno(lineno)
+
+    def _body(self, caller):
+      return caller()
+
   env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
-                                      extensions=[jinja2.ext.loopcontrols])
+                                      extensions=[Generation, jinja2.ext.loopcontrols])
   env.filters["tojson"] = tojson
   env.globals["raise_exception"] = raise_exception
   env.globals["strftime_now"] = lambda fmt: datetime.datetime.now().strftime(fmt)
@@ -440,11 +453,11 @@ def render_chat(tokenizer: Tokenizer, messages: list[dict], add_generation_promp
                      "chat_template in its tokenizer_config.json and no chat_template.jinja); "
                      "use a plain prompt, or an instruct model's tokenizer folder")
   messages = [{k: v for k, v in m.items() if v is not None} for m in messages]
-  variables = {**tokenizer.named_tokens, **kwargs}
+  variables = {"tools": None, "documents": None, **tokenizer.named_tokens, **kwargs}
   try:
     return _compile_template(tokenizer.chat_template).render(
         messages=messages, add_generation_prompt=add_generation_prompt, **variables)
-  except jinja2.exceptions.TemplateError as e:
+  except jinja2.exceptions.TemplateError as e:  # raise_exception(), syntax errors
     raise ValueError(f"chat template of {tokenizer.path}: {type(e).__name__}: {e}") from e
 
 
