@@ -158,6 +158,22 @@ def _log_layers(layers: dict, hello: dict) -> None:
     log.warning("sandbox: zygote has %d threads at fork time (expected 1)", hello["threads"])
 
 
+class SandboxStartError(RuntimeError):
+  """A zygote interpreter died or hung before it was ready; the message names the interpreter
+  and says what it printed last."""
+
+
+def _forward_stderr(stream, tail: collections.deque) -> None:
+  """Copies a zygote's stderr lines to ours, keeping the last ones in `tail`."""
+  for raw in iter(stream.readline, b""):
+    line = raw.decode("utf-8", "replace")
+    tail.append(line)
+    try:
+      sys.stderr.write(line)
+    except (OSError, ValueError):
+      pass  # our stderr is closed: keep draining so the zygote never blocks on a full pipe
+
+
 class _Worker:
   """One zygote process and the protocol to it (used by one thread at a time)."""
 
@@ -170,12 +186,38 @@ class _Worker:
   def start(self) -> None:
     self.proc = subprocess.Popen(
         [self.python, "-I", zygote.__file__], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-        env=_ZYGOTE_ENV, cwd="/", close_fds=True, start_new_session=True)
-    zygote.send_msg(self.proc.stdin.fileno(), self.cfg)
+        stderr=subprocess.PIPE, env=_ZYGOTE_ENV, cwd="/", close_fds=True,
+        start_new_session=True)
+    # The zygote's own stderr is forwarded to ours, and its last lines kept: when an interpreter
+    # cannot start (a runtime without pandas, a broken venv), they are the only explanation.
+    self.stderr_tail = collections.deque(maxlen=20)
+    self._drain = threading.Thread(target=_forward_stderr, args=(self.proc.stderr,
+                                                                 self.stderr_tail), daemon=True)
+    self._drain.start()
+    try:
+      zygote.send_msg(self.proc.stdin.fileno(), self.cfg)
+    except OSError:
+      pass  # died at once; wait_hello reports why
 
   def wait_hello(self) -> dict:
-    self.hello, _ = self._recv(120.0)
+    try:
+      self.hello, _ = self._recv(120.0)
+    except (OSError, EOFError, ValueError) as e:
+      raise SandboxStartError(self._start_failure(e)) from None
     return self.hello
+
+  def _start_failure(self, e: BaseException) -> str:
+    try:
+      self.proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+      pass
+    if self.proc.returncode is None:  # alive but silent: hung
+      return f"the sandbox interpreter {self.python} failed to start: {e}"
+    self._drain.join(timeout=5)
+    lines = [ln.strip() for ln in self.stderr_tail if ln.strip()]
+    why = lines[-1] if lines else "it printed nothing"
+    return (f"the sandbox interpreter {self.python} failed to start (exit status "
+            f"{self.proc.returncode}): {why}")
 
   def _recv(self, timeout_s: float):
     ready, _, _ = select.select([self.proc.stdout], [], [], timeout_s)
@@ -196,7 +238,8 @@ class _Worker:
     except ProcessLookupError:
       pass
     self.proc.wait()
-    for f in (self.proc.stdin, self.proc.stdout):
+    self._drain.join(timeout=5)
+    for f in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
       f.close()
     self.proc = None
     self.recent.clear()
@@ -340,7 +383,7 @@ class Sandbox:
         worker.start()
         worker.wait_hello()
       facts, outs = worker.run(header, blobs)
-    except (OSError, EOFError, TimeoutError, ValueError) as e:
+    except (OSError, EOFError, TimeoutError, ValueError, SandboxStartError) as e:
       worker.stop()  # restarted lazily by the next job
       return Verdict("error", error_type="SandboxError",
                      error_message=f"sandbox worker failed: {type(e).__name__}: {e}")
