@@ -118,3 +118,15 @@ def test_train_sample_export_without_stating_the_shape(imported, capsys):
   assert ours.encode(text) == theirs.encode(text, add_special_tokens=False)
   with open(os.path.join(out, "config.json")) as f:
     assert json.load(f)["eos_token_id"] == ours.eos_id
+
+
+@pytest.mark.slow  # the DS-1000 oracle runs in the sandbox: ~30-60 s on 2 cores
+def test_eval_ds1000_with_the_chat_template(imported, shared_dir):
+  from gift.eval import cli
+  work = imported / "eval"
+  data = str(shared_dir / "datasets" / "ds1000" / "ds1000_pandas.jsonl")
+  assert cli.main(["ds1000", "--dataset", data, "--checkpoint", str(imported / "ckpt"),
+                   "--chat_template", "--max_new_tokens", "4", "--limit", "2",
+                   "--workdir", str(work), "--no_progress", "--num_workers", "1"]) == 0
+  results = json.loads((work / "results.json").read_text())
+  assert results["oracle"]["total"] == 2 and list(results["runs"]) == ["none"]
