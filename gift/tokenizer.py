@@ -99,14 +99,13 @@ class FolderConfig:
   named_tokens: dict[str, str]  # set ones only
   added_tokens: dict[int, tuple[str, bool]]  # added_tokens_decoder: id -> (content, special)
   add_bos: bool | None  # add_bos_token when the config states it
-  add_eos: bool | None
   chat_template: str | None
   generation_eos_ids: tuple[int, ...]
 
   @classmethod
   def read(cls, folder: str | None) -> "FolderConfig":
     if not folder:
-      return cls({}, {}, None, None, None, ())
+      return cls({}, {}, None, None, ())
     config = _read_json(os.path.join(folder, "tokenizer_config.json"))
     named = {k: s for k, v in _read_json(os.path.join(folder, "special_tokens_map.json")).items()
              if k in NAMED_TOKENS and (s := _token_text(v))}
@@ -126,9 +125,9 @@ class FolderConfig:
     if not all(isinstance(i, int) for i in eos):
       raise ValueError(f"{folder}/generation_config.json: eos_token_id={eos!r}; expected an int "
                        "or a list of ints")
-    as_bool = lambda v: None if v is None else bool(v)
-    return cls(named, added, as_bool(config.get("add_bos_token")),
-               as_bool(config.get("add_eos_token")), template or None, tuple(eos))
+    add_bos = config.get("add_bos_token")  # gift adds EOS itself: add_eos_token is not read
+    return cls(named, added, None if add_bos is None else bool(add_bos), template or None,
+               tuple(eos))
 
 
 def _read_json(path: str) -> dict:

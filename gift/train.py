@@ -114,6 +114,8 @@ def train(cfg: Any, workdir: str) -> dict[str, Any]:
     _check_same_model(model_cfg, ckpt_lib.read_model_config(workdir), f"the workdir {workdir}")
   tok_path = cfg.tokenizer or (ckpt_lib.tokenizer_path(cfg.init_from) if cfg.init_from else None)
   tok = tokenizer_lib.load(tok_path or None, vocab_size=model_cfg.vocab_size)
+  if cfg.data.chat_template:
+    tokenizer_lib.chat_frame(tok)  # fails now, naming the tokenizer, if it has no template
   ckpt_lib.write_root(workdir, model_cfg, tok.path, cfg.to_dict())
 
   # -------------------------------------------------------------------------------------------
