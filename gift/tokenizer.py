@@ -99,14 +99,13 @@ class FolderConfig:
   named_tokens: dict[str, str]  # set ones only
   added_tokens: dict[int, tuple[str, bool]]  # added_tokens_decoder: id -> (content, special)
   add_bos: bool | None  # add_bos_token when the config states it
-  add_eos: bool | None
   chat_template: str | None
   generation_eos_ids: tuple[int, ...]
 
   @classmethod
   def read(cls, folder: str | None) -> "FolderConfig":
     if not folder:
-      return cls({}, {}, None, None, None, ())
+      return cls({}, {}, None, None, ())
     config = _read_json(os.path.join(folder, "tokenizer_config.json"))
     named = {k: s for k, v in _read_json(os.path.join(folder, "special_tokens_map.json")).items()
              if k in NAMED_TOKENS and (s := _token_text(v))}
@@ -126,9 +125,9 @@ class FolderConfig:
     if not all(isinstance(i, int) for i in eos):
       raise ValueError(f"{folder}/generation_config.json: eos_token_id={eos!r}; expected an int "
                        "or a list of ints")
-    as_bool = lambda v: None if v is None else bool(v)
-    return cls(named, added, as_bool(config.get("add_bos_token")),
-               as_bool(config.get("add_eos_token")), template or None, tuple(eos))
+    add_bos = config.get("add_bos_token")  # gift adds EOS itself: add_eos_token is not read
+    return cls(named, added, None if add_bos is None else bool(add_bos), template or None,
+               tuple(eos))
 
 
 def _read_json(path: str) -> dict:
@@ -418,8 +417,21 @@ def _compile_template(template: str) -> Any:
     return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators,
                       sort_keys=sort_keys)
 
+  class Generation(jinja2.ext.Extension):
+    """`{% generation %}...{% endgeneration %}` (marks assistant text for transformers' masks):
+    rendered as its body."""
+    tags = {"generation"}
+
+    def parse(self, parser):
+      lineno = next(parser.stream).lineno
+      body = parser.parse_statements(("name:endgeneration",), drop_needle=True)
+      return jinja2.nodes.CallBlock(self.call_method("_body"), [], [], body).set_lineno(lineno)
+
+    def _body(self, caller):
+      return caller()
+
   env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
-                                      extensions=[jinja2.ext.loopcontrols])
+                                      extensions=[Generation, jinja2.ext.loopcontrols])
   env.filters["tojson"] = tojson
   env.globals["raise_exception"] = raise_exception
   env.globals["strftime_now"] = lambda fmt: datetime.datetime.now().strftime(fmt)
@@ -440,11 +452,11 @@ def render_chat(tokenizer: Tokenizer, messages: list[dict], add_generation_promp
                      "chat_template in its tokenizer_config.json and no chat_template.jinja); "
                      "use a plain prompt, or an instruct model's tokenizer folder")
   messages = [{k: v for k, v in m.items() if v is not None} for m in messages]
-  variables = {**tokenizer.named_tokens, **kwargs}
+  variables = {"tools": None, "documents": None, **tokenizer.named_tokens, **kwargs}
   try:
     return _compile_template(tokenizer.chat_template).render(
         messages=messages, add_generation_prompt=add_generation_prompt, **variables)
-  except jinja2.exceptions.TemplateError as e:
+  except jinja2.exceptions.TemplateError as e:  # raise_exception(), syntax errors
     raise ValueError(f"chat template of {tokenizer.path}: {type(e).__name__}: {e}") from e
 
 

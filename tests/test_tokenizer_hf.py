@@ -255,3 +255,20 @@ def test_copy_files_carries_the_folder_and_drops_stale_files(qwen_tokenizer_dir,
   assert a.encode(TEXTS[3]) == b.encode(TEXTS[3]) and a.stop_ids == b.stop_ids
   tokenizer_lib.copy_files(str(dst), str(dst))  # onto itself: a no-op
   assert tokenizer_lib.load(str(dst)).stop_ids == a.stop_ids
+
+
+def test_templates_with_generation_blocks_and_tool_checks_render_as_transformers(
+    qwen_tokenizer_dir, tmp_path):
+  folder = tmp_path / "gen"
+  shutil.copytree(qwen_tokenizer_dir, folder)
+  (folder / "chat_template.jinja").write_text(
+      "{% if tools is not none %}TOOLS{% endif %}{% for m in messages %}"
+      "{% if m['role'] == 'assistant' %}<|im_start|>assistant\n{% generation %}"
+      "{{ m['content'] }}<|im_end|>{% endgeneration %}\n{% else %}"
+      "{{ '<|im_start|>' + m['role'] + '\n' + m['content'] | tojson + '<|im_end|>\n' }}"
+      "{% endif %}{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+  ours, theirs = tokenizer_lib.load(str(folder)), transformers.AutoTokenizer.from_pretrained(folder)
+  messages = [{"role": "user", "content": "café <b> & \"q\""},
+              {"role": "assistant", "content": "ok"}, {"role": "user", "content": "more"}]
+  assert tokenizer_lib.render_chat(ours, messages) == theirs.apply_chat_template(
+      messages, tokenize=False, add_generation_prompt=True)

@@ -38,6 +38,7 @@ import jax
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
+from gift import tokenizer as tokenizer_lib
 from gift.data import prompts
 
 BATCH_KEYS = ("inputs", "targets", "loss_mask", "positions", "segment_ids")
@@ -147,7 +148,6 @@ def tokenize(rendered: prompts.Rendered, tokenizer: Any, seq_len: int) -> Tokeni
   instruction (between the chat template's head and tail, which are kept). Returns None when
   even BOS + target + EOS does not fit.
   """
-  from gift import tokenizer as tokenizer_lib
   if rendered.chat:
     frame = tokenizer_lib.chat_frame(tokenizer)
     head, tail, end = list(frame.head), list(frame.tail), frame.end_id
