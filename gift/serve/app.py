@@ -413,7 +413,7 @@ def create_app(server: Server) -> FastAPI:
             if req.logprobs is not None and infos:
               lp = _completion_logprobs(infos, tok, offsets[i])
             offsets[i] += len(delta)
-            if delta or lp or finish:
+            if delta or infos or finish:  # a chunk per decode chunk, text or not
               yield _sse(chunk([{"index": i, "text": delta, "logprobs": lp,
                                  "finish_reason": _finish_reason(finish)}]))
           if include_usage:
@@ -495,7 +495,7 @@ def create_app(server: Server) -> FastAPI:
                                "logprobs": None, "finish_reason": None}]))
           async for i, delta, infos, finish in server.events(request, seqs, queue):
             lp = _chat_logprobs(infos, tok) if req.logprobs and infos else None
-            if delta or lp or finish:
+            if delta or infos or finish:  # a chunk per decode chunk, text or not
               yield _sse(chunk([{"index": i, "delta": {"content": delta} if delta else {},
                                  "logprobs": lp, "finish_reason": _finish_reason(finish)}]))
           if include_usage:
