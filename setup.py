@@ -1,6 +1,8 @@
 """gift: grounded instruction fine-tuning of code LLMs in JAX/Flax."""
 from setuptools import find_packages, setup
 
+SERVE = ["fastapi>=0.110", "uvicorn>=0.29", "jinja2>=3.1"]
+
 setup(
     name="gift",
     version="0.1.0",
@@ -35,12 +37,17 @@ setup(
         "pyseccomp>=0.1.2",
     ],
     extras_require={
+        "beam": ["apache-beam>=2.60"],  # gift build-data / gift eval --runner beam
+        # `gift serve` (gift/serve/app.py): the ASGI stack, imported only by that command.
+        "serve": SERVE,
         "test": [
             "pytest>=8.0",
             "torch==2.13.0",
             "transformers>=4.50",
             "ruff>=0.6",
-        ],
+            "apache-beam>=2.60",
+            "openai>=1.0",  # the official client, against `gift serve` (tests/serve)
+        ] + SERVE,
     },
     entry_points={"console_scripts": ["gift=gift.cli:main"]},
 )

@@ -20,12 +20,13 @@ from typing import Any, Iterable
 
 import ml_collections
 
+from gift import UserError
 from gift.model import presets
 
 ConfigDict = ml_collections.ConfigDict
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
   """A config file, key or value is wrong; the message says which and what was expected."""
 
 
@@ -69,8 +70,17 @@ def base_config() -> ConfigDict:
       weight_decay=0.1, b1=0.9, b2=0.95, eps=1e-8, grad_clip=1.0,
       log_every=10, eval_every=0, eval_steps=4,
       progress=True,
+      # Execution-based evaluation during training (gift/eval/intrain.py): every N steps and at
+      # the end, greedy pass@1 per spec kind on held-out tasks, executed in the sandbox.
+      exec_eval_every=0,  # 0 = off
+      exec_eval=ConfigDict(dict(
+          tasks="",  # "" = validation split of data.path (GIFT TFDS); or an episodes .json
+          num_tasks=96,  # evenly spread over the task set; 0 = all
+          spec_kinds=(),  # () = the kinds the training data uses
+          max_new_tokens=128, batch_size=32)),
   ))
-  c.checkpoint = ConfigDict(dict(every=50, keep=3, async_save=True, save_on_preemption=True))
+  c.checkpoint = ConfigDict(dict(every=50, keep=3, async_save=True, save_on_preemption=True,
+                                 keep_best=""))  # e.g. "pass@1/io_summary": WORKDIR/best
 
   c.sample = ConfigDict(dict(
       n=1, temperature=0.0, top_k=0, top_p=1.0, max_new_tokens=256,
@@ -80,6 +90,7 @@ def base_config() -> ConfigDict:
       contexts=("bundled",),  # "bundled" and/or paths: CSV folders/files, .ipynb folders/files
       num_bundled=24, bundled_real=True,  # generated contexts; + matplotlib's sample CSVs
       max_file_mb=20.0,
+      data_dirs=(),  # more folders the notebooks read (besides their own), shown read-only
       backend="templates",  # templates | gift | openai
       operations=(),  # templates: subset of templates.OPERATIONS; () = all
       intents_per_context=96, samples_per_intent=3,
@@ -222,6 +233,9 @@ def finalize(cfg: ConfigDict) -> ConfigDict:
       "none", "typedesc", "io_examples", "io_summary", "mixture"):
     raise ConfigError(f"data.spec_kind={cfg.data.spec_kind!r}; expected one of none, typedesc, "
                       "io_examples, io_summary, mixture")
+  if "checkpoint" in cfg and cfg.checkpoint.get("keep_best") and not cfg.train.exec_eval_every:
+    raise ConfigError(f"checkpoint.keep_best={cfg.checkpoint.keep_best!r} needs the in-training "
+                      "evaluation: set train.exec_eval_every > 0")
   cfg.lock()
   return cfg
 

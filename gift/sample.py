@@ -295,7 +295,6 @@ class Sampler:
     per_batch = max(1, (self.batch_size + n // 2) // n)
     per_batch = -(-per_batch // self.dp) * self.dp
     order = sorted(range(len(prompt_ids)), key=lambda i: len(prompt_ids[i]))  # shared buckets
-    base_key = jax.random.key(seed)
     results: dict[int, list[list[int]]] = {}
     for start in range(0, len(order), per_batch):
       group = order[start:start + per_batch]
@@ -307,8 +306,8 @@ class Sampler:
         ids = prompt_ids[i]
         tokens_up[u, p - len(ids):] = ids
         segment_ids_up[u, p - len(ids):] = 1
-      keys_b = jax.vmap(jax.random.fold_in, (None, 0))(
-          base_key, jnp.asarray([i * n + j for i in batch for j in range(n)], jnp.uint32))
+      keys_b = _row_keys(seed, self._put(np.asarray([i * n + j for i in batch for j in range(n)],
+                                                    np.uint32)))
       new_bm, length_b = self._run(tokens_up, segment_ids_up, keys_b, temperature, top_p,
                                    max_new_tokens, stop, n=n, top_k=top_k, greedy=greedy,
                                    nucleus=nucleus, stop_ids=stop_ids, pad_id=pad)
@@ -316,13 +315,21 @@ class Sampler:
         results[i] = [new_bm[b, :length_b[b]].tolist() for b in range(u * n, (u + 1) * n)]
     return [results[i] for i in range(len(prompt_ids))]
 
+  def _put(self, x: np.ndarray) -> Array:
+    """A host array onto the rows' sharding (every process passes the same global value)."""
+    if self.row_sharding is None:
+      return jnp.asarray(x)
+    if self.row_sharding.is_fully_addressable:
+      return jax.device_put(x, self.row_sharding)
+    return jax.make_array_from_callback(x.shape, self.row_sharding, lambda index: x[index])
+
   def _run(self, tokens_up: np.ndarray, segment_ids_up: np.ndarray, keys_b: Array,
            temperature: float, top_p: float, max_new_tokens: int, stop: Sequence[str], n: int,
            **kw: Any) -> tuple[np.ndarray, np.ndarray]:
     """Prefill of U prompts [U, P] + decode of their B = U * n rows (keys_b [B]). Returns (ids
     int32 [B, M], lengths int [B]): row b's completion is ids[b, :lengths[b]] (EOS excluded;
     through the chunk that hit a stop)."""
-    put = (lambda x: jax.device_put(x, self.row_sharding)) if self.row_sharding else jnp.asarray
+    put = self._put
     temperature, top_p = jnp.float32(temperature), jnp.float32(top_p)
     state = _prefill_jit(self.cfg, self.params, put(tokens_up), put(segment_ids_up), keys_b,
                          temperature, top_p, n=n, max_new_tokens=max_new_tokens, **kw)
@@ -331,8 +338,8 @@ class Sampler:
     while True:
       end = min(int(state.step) + chunk, max_new_tokens)
       state = _decode_jit(self.cfg, self.params, state, jnp.int32(end), temperature, top_p, **kw)
-      step, done_b = int(state.step), np.asarray(state.done_b)
-      tokens_bm = np.asarray(state.tokens_bm)
+      step, done_b = int(state.step), _to_host(state.done_b)
+      tokens_bm = _to_host(state.tokens_bm)
       if step >= max_new_tokens or done_b.all():
         break
       hit_b = ~done_b & np.array([_has_stop(self.tokenizer.decode(row[:step]), stop)
@@ -345,6 +352,20 @@ class Sampler:
     eos_b = np.isin(tokens_bm, kw["stop_ids"])
     length_b = np.where(eos_b.any(axis=1), eos_b.argmax(axis=1), np.minimum(stopped_at_b, step))
     return tokens_bm, length_b
+
+
+@jax.jit
+def _row_keys(seed: int, rows_b: Array) -> Array:
+  """Row r's PRNG key, fold_in(key(seed), r), computed where the rows live."""
+  return jax.vmap(jax.random.fold_in, (None, 0))(jax.random.key(seed), rows_b)
+
+
+def _to_host(x: Array) -> np.ndarray:
+  """The whole array on this host; rows held by other processes are gathered (multi-host)."""
+  if x.is_fully_addressable:
+    return np.asarray(x)
+  from jax.experimental import multihost_utils
+  return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
 
 def _has_stop(text: str, stop: Sequence[str]) -> bool:
