@@ -33,6 +33,8 @@ from typing import Any, Iterable, Iterator, Protocol
 
 import sentencepiece as spm
 
+from gift import InputError
+
 # Always-whole pieces for notebook code: cell markers, newline/tab, indentation runs. Spaces are
 # written as SentencePiece's "\u2581" because symbols are matched after whitespace is replaced.
 CODE_SYMBOLS = tuple(s.replace(" ", "\u2581") for s in (
@@ -123,7 +125,7 @@ class FolderConfig:
     eos = _read_json(os.path.join(folder, "generation_config.json")).get("eos_token_id")
     eos = [eos] if isinstance(eos, int) else list(eos or [])
     if not all(isinstance(i, int) for i in eos):
-      raise ValueError(f"{folder}/generation_config.json: eos_token_id={eos!r}; expected an int "
+      raise InputError(f"{folder}/generation_config.json: eos_token_id={eos!r}; expected an int "
                        "or a list of ints")
     add_bos = config.get("add_bos_token")  # gift adds EOS itself: add_eos_token is not read
     return cls(named, added, None if add_bos is None else bool(add_bos), template or None,
@@ -137,9 +139,9 @@ def _read_json(path: str) -> dict:
     with open(path, encoding="utf-8") as f:
       out = json.load(f)
   except (json.JSONDecodeError, UnicodeDecodeError) as e:
-    raise ValueError(f"{path}: not valid JSON ({e})") from e
+    raise InputError(f"{path}: not valid JSON ({e})") from e
   if not isinstance(out, dict):
-    raise ValueError(f"{path}: expected a JSON object, got {type(out).__name__}")
+    raise InputError(f"{path}: expected a JSON object, got {type(out).__name__}")
   return out
 
 
@@ -172,11 +174,11 @@ class SentencePieceTokenizer:
     try:
       self.sp.Load(path)
     except Exception as e:
-      raise ValueError(f"{path!r} is not a SentencePiece model: {e}") from e
+      raise InputError(f"{path!r} is not a SentencePiece model: {e}") from e
     self.vocab_size = self.sp.GetPieceSize()
     self.bos_id, self.eos_id = self.sp.bos_id(), self.sp.eos_id()
     if self.bos_id < 0 or self.eos_id < 0:
-      raise ValueError(f"tokenizer {path!r} defines no BOS or EOS id "
+      raise InputError(f"tokenizer {path!r} defines no BOS or EOS id "
                        f"(bos={self.bos_id}, eos={self.eos_id})")
     # Llama's model has no pad piece (pad_id -1): pad with 0 (<unk>); pads are always masked.
     self.pad_id = self.sp.pad_id() if self.sp.pad_id() >= 0 else 0
@@ -250,7 +252,7 @@ class HFTokenizer:
       # unlike flipping one instance's flag per call).
       self._plain, self._special = RustTokenizer.from_file(path), RustTokenizer.from_file(path)
     except Exception as e:
-      raise ValueError(f"{path} is not a Hugging Face tokenizer.json: {e}") from e
+      raise InputError(f"{path} is not a Hugging Face tokenizer.json: {e}") from e
     for tok in (self._plain, self._special):
       known = tok.get_vocab(with_added_tokens=True)
       missing = [content for _, (content, special) in sorted(cfg.added_tokens.items())
@@ -267,7 +269,7 @@ class HFTokenizer:
     if eos_id is None:
       eos_id = cfg.generation_eos_ids[0] if cfg.generation_eos_ids else None
     if eos_id is None:
-      raise ValueError(f"{folder}: no EOS token (tokenizer_config.json eos_token, or "
+      raise InputError(f"{folder}: no EOS token (tokenizer_config.json eos_token, or "
                        "generation_config.json eos_token_id); generation could never stop")
     self.eos_id = eos_id
     pad_id = name_id("pad_token")
@@ -286,7 +288,7 @@ class HFTokenizer:
       lead = list(itertools.takewhile(lambda x: x[1], zip(enc.ids, enc.special_tokens_mask)))
       prefix = [i for i, _ in lead]
       if prefix not in ([], [self.bos_id]):
-        raise ValueError(f"{path}: the post-processor puts {prefix} before the text; gift "
+        raise InputError(f"{path}: the post-processor puts {prefix} before the text; gift "
                          f"supports only the BOS token ({self.bos_id}) there")
       self.add_bos = bool(prefix)
 
@@ -323,7 +325,7 @@ def load(path: str | None, vocab_size: int | None = None) -> Tokenizer:
   else:
     tok = SentencePieceTokenizer(path)
   if vocab_size is not None and tok.vocab_size > vocab_size:
-    raise ValueError(f"tokenizer {path or 'bytes'} has {tok.vocab_size} ids but the model's "
+    raise InputError(f"tokenizer {path or 'bytes'} has {tok.vocab_size} ids but the model's "
                      f"vocab_size is {vocab_size}; set model.vocab_size >= {tok.vocab_size}")
   return tok
 
@@ -448,7 +450,7 @@ def render_chat(tokenizer: Tokenizer, messages: list[dict], add_generation_promp
   """
   import jinja2
   if not tokenizer.chat_template:
-    raise ValueError(f"tokenizer {tokenizer.path or '(bytes)'} has no chat template (no "
+    raise InputError(f"tokenizer {tokenizer.path or '(bytes)'} has no chat template (no "
                      "chat_template in its tokenizer_config.json and no chat_template.jinja); "
                      "use a plain prompt, or an instruct model's tokenizer folder")
   messages = [{k: v for k, v in m.items() if v is not None} for m in messages]
@@ -457,7 +459,7 @@ def render_chat(tokenizer: Tokenizer, messages: list[dict], add_generation_promp
     return _compile_template(tokenizer.chat_template).render(
         messages=messages, add_generation_prompt=add_generation_prompt, **variables)
   except jinja2.exceptions.TemplateError as e:  # raise_exception(), syntax errors
-    raise ValueError(f"chat template of {tokenizer.path}: {type(e).__name__}: {e}") from e
+    raise InputError(f"chat template of {tokenizer.path}: {type(e).__name__}: {e}") from e
 
 
 def encode_chat(tokenizer: Tokenizer, messages: list[dict], add_generation_prompt: bool = True,
@@ -521,7 +523,7 @@ def chat_frame(tokenizer: Tokenizer) -> ChatFrame:
   slot, answer = "\U000f0002", "\U000f0003"  # private-use stand-ins for the content
   text = render_chat(tokenizer, user_turn(slot))
   if text.count(slot) != 1:
-    raise ValueError(f"chat template of {tokenizer.path} does not show a user message's content "
+    raise InputError(f"chat template of {tokenizer.path} does not show a user message's content "
                      "exactly once; gift cannot frame prompts with it")
   head, tail = text.split(slot)
   done = render_chat(tokenizer, user_turn(slot) + [{"role": "assistant", "content": answer}],
@@ -600,7 +602,7 @@ def read_corpus(patterns: Iterable[str]) -> Iterator[str]:
               try:
                 row = json.loads(line)
               except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{n}: not a JSON line ({e})") from e
+                raise InputError(f"{path}:{n}: not a JSON line ({e})") from e
               yield "\n".join(v for v in row.values() if isinstance(v, str))
         else:
           yield f.read()
