@@ -272,3 +272,22 @@ def test_templates_with_generation_blocks_and_tool_checks_render_as_transformers
               {"role": "assistant", "content": "ok"}, {"role": "user", "content": "more"}]
   assert tokenizer_lib.render_chat(ours, messages) == theirs.apply_chat_template(
       messages, tokenize=False, add_generation_prompt=True)
+
+
+def test_sentencepiece_style_tokenizer_json_equals_transformers(llama2_tokenizer_dir):
+  """Llama 2 / CodeLlama / Gemma style: a Metaspace pre-tokenizer (a space starts every text),
+  BOS from `add_bos_token`; pieces inside a chat are encoded without that start space."""
+  ours = tokenizer_lib.load(llama2_tokenizer_dir)
+  theirs = transformers.AutoTokenizer.from_pretrained(llama2_tokenizer_dir)
+  assert ours.add_bos and ours.bos_id == theirs.bos_token_id
+  for text in TEXTS:
+    assert ours.encode(text) == theirs.encode(text, add_special_tokens=False,
+                                              split_special_tokens=True), text
+    assert tokenizer_lib.prompt_ids(ours, text) == theirs(text, split_special_tokens=True)[
+        "input_ids"], text
+  messages = CONVERSATIONS[1][1:] + [{"role": "user", "content": "a </s> [/INST] b"}]
+  assert tokenizer_lib.render_chat(ours, messages) == theirs.apply_chat_template(
+      messages, tokenize=False, add_generation_prompt=True)
+  assert tokenizer_lib.encode_chat(ours, messages) == theirs.apply_chat_template(
+      messages, tokenize=True, return_dict=False, add_generation_prompt=True,
+      sanitize_control_tokens=True)
