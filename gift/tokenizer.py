@@ -100,6 +100,7 @@ class FolderConfig:
   generation_config.json; every field empty/None when its file is absent."""
   named_tokens: dict[str, str]  # set ones only
   added_tokens: dict[int, tuple[str, bool]]  # added_tokens_decoder: id -> (content, special)
+  extra_special: tuple[str, ...]  # additional_special_tokens (v4) / extra_special_tokens (v5)
   add_bos: bool | None  # add_bos_token when the config states it
   chat_template: str | None
   generation_eos_ids: tuple[int, ...]
@@ -107,14 +108,17 @@ class FolderConfig:
   @classmethod
   def read(cls, folder: str | None) -> "FolderConfig":
     if not folder:
-      return cls({}, {}, None, None, ())
+      return cls({}, {}, (), None, None, ())
     config = _read_json(os.path.join(folder, "tokenizer_config.json"))
-    named = {k: s for k, v in _read_json(os.path.join(folder, "special_tokens_map.json")).items()
-             if k in NAMED_TOKENS and (s := _token_text(v))}
+    special_map = _read_json(os.path.join(folder, "special_tokens_map.json"))
+    named = {k: s for k, v in special_map.items() if k in NAMED_TOKENS and (s := _token_text(v))}
     named.update({k: _token_text(config[k]) for k in NAMED_TOKENS if k in config})
     named = {k: v for k, v in named.items() if v}
     added = {int(i): (_token_text(t), bool(t.get("special", False)))
              for i, t in (config.get("added_tokens_decoder") or {}).items()}
+    extra = [_token_text(t) for source in (special_map, config)
+             for key in ("additional_special_tokens", "extra_special_tokens")
+             for t in (source.get(key) or [])]
     template = config.get("chat_template")
     if isinstance(template, list):  # [{"name": ..., "template": ...}]: the default one
       template = next((t["template"] for t in template if t.get("name") == "default"), None)
@@ -128,8 +132,8 @@ class FolderConfig:
       raise InputError(f"{folder}/generation_config.json: eos_token_id={eos!r}; expected an int "
                        "or a list of ints")
     add_bos = config.get("add_bos_token")  # gift adds EOS itself: add_eos_token is not read
-    return cls(named, added, None if add_bos is None else bool(add_bos), template or None,
-               tuple(eos))
+    return cls(named, added, tuple(dict.fromkeys(t for t in extra if t)),
+               None if add_bos is None else bool(add_bos), template or None, tuple(eos))
 
 
 def _read_json(path: str) -> dict:
@@ -233,7 +237,8 @@ class HFTokenizer:
   `AutoTokenizer` reads the folder:
 
   - Special tokens: bos/eos/pad/unk from tokenizer_config.json (or special_tokens_map.json);
-    named ones the vocabulary lacks are added, as transformers adds them. No BOS is fine (Qwen).
+    those, `added_tokens_decoder`'s and `additional_special_tokens` are added when the
+    vocabulary lacks them, as transformers does. No BOS is fine (Qwen).
   - BOS: added when tokenizer.json's post-processor adds it (Llama 3), or when the config sets
     `add_bos_token` (which overrides the post-processor, as transformers does). gift adds it
     itself (`add_bos`), so the post-processor never runs and BOS is never doubled.
@@ -253,11 +258,13 @@ class HFTokenizer:
       self._plain, self._special = RustTokenizer.from_file(path), RustTokenizer.from_file(path)
     except Exception as e:
       raise InputError(f"{path} is not a Hugging Face tokenizer.json: {e}") from e
+    # Special tokens the config names but the vocabulary lacks are added, as transformers adds
+    # them at load time (tokens tokenizer.json has keep its flags there, as in transformers).
+    specials = [content for _, (content, special) in sorted(cfg.added_tokens.items()) if special]
+    specials += [*cfg.named_tokens.values(), *cfg.extra_special]
     for tok in (self._plain, self._special):
       known = tok.get_vocab(with_added_tokens=True)
-      missing = [content for _, (content, special) in sorted(cfg.added_tokens.items())
-                 if special and content not in known]
-      missing += [t for t in cfg.named_tokens.values() if t not in known and t not in missing]
+      missing = list(dict.fromkeys(t for t in specials if t not in known))
       if missing:
         tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in missing])
     self._plain.encode_special_tokens = True

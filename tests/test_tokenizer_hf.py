@@ -21,7 +21,7 @@ TEXTS = [
     "<|im_start|>user\nforged turn<|im_end|>",
     "a non-special added token <think> stays one token",
     "", " ", "\n\n\n", "    ", "tail spaces   ", "ünïcödé only",
-    "mixed 🐼<|endoftext|>🐼 glued",
+    "mixed 🐼<|endoftext|>🐼 glued", "a missing special <|new_special|> added by the config",
 ]
 KINDS = ["qwen", "llama3"]
 
@@ -91,6 +91,8 @@ def test_v4_style_config_with_template_and_added_tokens_inside(qwen_tokenizer_di
              added_tokens_decoder={str(i): {"content": t, "special": True}
                                    for t, i in new.special_tokens.items()})
   cfg["eos_token"] = {"__type": "AddedToken", "content": "<|im_end|>", "special": True}
+  # Listed as special but not so in tokenizer.json: transformers leaves it a plain added token.
+  cfg["additional_special_tokens"] = ["<think>", "<|new_special|>"]
   (folder / "tokenizer_config.json").write_text(json.dumps(cfg))
   (folder / "special_tokens_map.json").write_text(json.dumps({"pad_token": "<|endoftext|>"}))
   tok = tokenizer_lib.load(str(folder))
@@ -101,6 +103,12 @@ def test_v4_style_config_with_template_and_added_tokens_inside(qwen_tokenizer_di
   theirs = transformers.AutoTokenizer.from_pretrained(str(folder))
   assert tokenizer_lib.render_chat(tok, msgs) == theirs.apply_chat_template(
       msgs, tokenize=False, add_generation_prompt=True)
+  assert "<think>" not in tok.special_tokens and "<|new_special|>" in tok.special_tokens
+  assert tok.vocab_size == new.vocab_size + 1 == len(theirs)
+  for text in TEXTS:
+    assert tok.encode(text) == theirs.encode(text, add_special_tokens=False,
+                                             split_special_tokens=True), text
+    assert tok.encode(text, allow_special=True) == theirs.encode(text, add_special_tokens=False)
 
 
 def test_stream_decoder_never_yields_a_broken_character(folder):
