@@ -210,8 +210,9 @@ class Server:
                                      logprobs=logprobs, ignore_eos=req.ignore_eos)
 
   def encode(self, text: str) -> list[int]:
-    """BOS + the text's ids, as `gift sample` feeds a prompt."""
-    return [self.tokenizer.bos_id] + self.tokenizer.encode(text)
+    """BOS (when the tokenizer adds one) + the text's ids, as `gift sample` feeds a prompt."""
+    from gift import tokenizer as tokenizer_lib
+    return tokenizer_lib.prompt_ids(self.tokenizer, text)
 
   # -- running --------------------------------------------------------------------------------
   def submit(self, items: list[tuple[list[int], engine_lib.SamplingParams]], n: int,
@@ -294,26 +295,6 @@ def _chat_logprobs(infos: list[engine_lib.TokenInfo], tokenizer) -> dict:
     return {"token": text, "logprob": lp, "bytes": list(text.encode("utf-8"))}
   return {"content": [dict(entry(i.text, i.logprob), top_logprobs=[
       entry(tokenizer.decode([t]), lp) for t, lp in i.top or []]) for i in infos]}
-
-
-def _render_chat(tokenizer, messages: list[dict]) -> str:
-  """The prompt text of `messages` by the tokenizer's chat template: gift.tokenizer's
-  `render_chat` where it exists, else the template rendered as Hugging Face does (a sandboxed
-  Jinja2 environment given messages, add_generation_prompt and the special tokens' text)."""
-  from gift import tokenizer as tokenizer_lib
-  render = getattr(tokenizer_lib, "render_chat", None)
-  if render is not None:
-    return render(tokenizer, messages, add_generation_prompt=True)
-  from jinja2.sandbox import ImmutableSandboxedEnvironment
-
-  def raise_exception(message):
-    raise ValueError(message)
-
-  env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
-  env.globals["raise_exception"] = raise_exception
-  special = {name: getattr(tokenizer, name, "") for name in ("bos_token", "eos_token")}
-  return env.from_string(tokenizer.chat_template).render(
-      messages=messages, add_generation_prompt=True, **special)
 
 
 def _sse(obj: Any) -> str:
@@ -461,13 +442,13 @@ def create_app(server: Server) -> FastAPI:
                          param="messages", code="unsupported")
         content = "".join(part["text"] for part in content)
       messages.append({"role": m.role, "content": content or ""})
-    try:
-      text = _render_chat(tok, messages)
+    from gift import tokenizer as tokenizer_lib
+    try:  # the template's special tokens as ids, those inside messages as text (no forged turns)
+      ids = tokenizer_lib.encode_chat(tok, messages)
     except Exception as e:  # a template error names the problem (e.g. roles must alternate)
       raise ApiError(400, f"the chat template failed on these messages: {e}",
                      param="messages") from None
-    ids = tok.encode(text)
-    if not ids or ids[0] != tok.bos_id:
+    if tok.add_bos and (not ids or ids[0] != tok.bos_id):  # templates of BOS models write it
       ids = [tok.bos_id] + ids
     max_tokens = req.max_completion_tokens or req.max_tokens
     if max_tokens is None:

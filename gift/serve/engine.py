@@ -518,7 +518,8 @@ class Engine:
     """Compiles the decode step and prefills of the given lengths before the first request (a
     greedy request of 2 tokens per length, run to completion)."""
     lengths = [min(n, self.max_seq_len - 2) for n in prompt_lengths]
-    self.generate([[self.tokenizer.bos_id] * max(1, n) for n in lengths],
+    token = self.tokenizer.pad_id  # any id: Qwen-style tokenizers have no BOS
+    self.generate([[token] * max(1, n) for n in lengths],
                   SamplingParams(max_tokens=2, temperature=0.0))
 
   # ---------------------------------------------------------------------------------------------
