@@ -583,8 +583,8 @@ def main(argv: list[str]) -> int:
       args.checkpoint, mesh=_mesh(args.mesh), step=args.step, max_batch=args.max_batch,
       max_seq_len=args.max_seq_len, max_queue=args.max_queue, decode_steps=args.decode_steps,
       max_prefill_tokens=args.max_prefill_tokens)
-  engine.start()
   engine.warmup()
+  engine.start()
   server = Server(engine, name, args.api_key, max_n=args.max_n,
                   max_body_bytes=int(args.max_body_mb * (1 << 20)))
   app = create_app(server)

@@ -53,8 +53,8 @@ def params():
 
 @pytest.fixture(scope="module")
 def served(params):
-  """(base url, engine) of a server with 8 slots, a 64-sequence queue, n up to 80."""
-  engine = Engine(CFG, params, TOK, max_batch=8, max_seq_len=128, max_queue=64, decode_steps=4,
+  """(base url, engine) of a server with 16 slots, a 64-sequence queue, n up to 80."""
+  engine = Engine(CFG, params, TOK, max_batch=16, max_seq_len=128, max_queue=64, decode_steps=4,
                   prompt_buckets=(128,), extent_buckets=(128,)).start()
   server = app_lib.Server(engine, "tiny", api_key=KEY, max_n=80, max_body_bytes=64 << 10)
   port = _free_port()
@@ -284,7 +284,7 @@ def test_client_disconnect_frees_the_slots(served, stream, monkeypatch):
 
 
 def test_64_concurrent_requests_each_get_their_own_answer(served, sampler):
-  """A bounded loopback load test: 64 requests at once (8 slots, so most wait in the queue),
+  """A bounded loopback load test: 64 requests at once (16 slots, so most wait in the queue),
   different prompts and lengths, half streamed; every response is its own prompt's greedy
   completion."""
   url, _ = served
