@@ -18,6 +18,8 @@ setup(
         "optax>=0.2.4",
         "orbax-checkpoint>=0.11.0",
         "sentencepiece>=0.2.0",
+        "tokenizers>=0.20",
+        "jinja2>=3.1.6",
         "tensorflow-datasets>=4.9.7",
         "array_record>=0.7.0",
         "importlib_resources>=6.0",
@@ -35,6 +37,7 @@ setup(
         "pyseccomp>=0.1.2",
     ],
     extras_require={
+        "beam": ["apache-beam>=2.60"],  # gift build-data / gift eval --runner beam
         # `gift serve` (gift/serve/app.py): the ASGI stack, imported only by that command.
         "serve": SERVE,
         "test": [
@@ -42,6 +45,7 @@ setup(
             "torch==2.13.0",
             "transformers>=4.50",
             "ruff>=0.6",
+            "apache-beam>=2.60",
             "openai>=1.0",  # the official client, against `gift serve` (tests/serve)
         ] + SERVE,
     },

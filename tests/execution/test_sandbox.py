@@ -17,7 +17,7 @@ import pandas as pd
 import pytest
 
 from gift.execution import compare
-from gift.execution.sandbox import Job, Sandbox, _verdict
+from gift.execution.sandbox import Job, Sandbox, SandboxStartError, _verdict
 
 SECRET = "gift-test-secret-4f1d9c"
 os.environ["GIFT_SANDBOX_TEST_SECRET"] = SECRET  # set before the zygotes start: must not leak
@@ -320,11 +320,32 @@ def test_sockets_are_denied(sb):
 
 def test_isolation_layers_are_active(sb):
   need(sb, "uid", "pid", "net", "readonly_root", "private_tmp")
-  v = run(sb, "import os, socket\nresult = (os.getuid(), os.getppid() == 1, os.listdir('/tmp'), "
-          "socket.gethostname())")
-  assert v.status == "ok"
-  uid, parent_is_ns_init, tmp_entries, _ = v.result
-  assert uid == 65534 and parent_is_ns_init and all(e.startswith("job-") for e in tmp_entries)
+  fd, host_file = tempfile.mkstemp(dir="/tmp", prefix="gift-host-canary-")
+  os.close(fd)
+  try:
+    first = run(sb, "import os\nopen('mine.txt', 'w').write('x')\n"
+                "result = os.path.abspath('mine.txt')")
+    assert first.status == "ok" and first.result.startswith("/tmp/job-"), first
+    code = ("import os, socket\ntop = sorted(os.listdir('/tmp'))\nwritable = []\n"
+            "for e in top:\n  if not e.startswith('job-'):\n    try:\n"
+            "      open(os.path.join('/tmp', e, 'w.txt'), 'w'); writable.append(e)\n"
+            "    except OSError:\n      pass\n"
+            "result = (os.getuid(), os.getppid() == 1, top, writable, "
+            f"os.path.exists({host_file!r}), os.path.exists({first.result!r}))")
+    v = run(sb, code)
+  finally:
+    os.unlink(host_file)
+  assert v.status == "ok", v
+  uid, parent_is_ns_init, tmp_entries, writable, sees_host_file, sees_other_job = v.result
+  assert uid == 65534 and parent_is_ns_init
+  # Neither the host's /tmp nor another job's scratch is visible. Besides the job's own folder,
+  # /tmp holds only the way to an interpreter that lives under /tmp (a virtualenv), read-only.
+  assert not sees_host_file and not sees_other_job
+  interpreter_tops = {os.path.relpath(p, "/tmp").split(os.sep)[0]
+                      for p in (sys.prefix, sys.base_prefix, os.path.realpath(sys.executable))
+                      if p.startswith("/tmp/")}
+  assert {e for e in tmp_entries if not e.startswith("job-")} <= interpreter_tops, tmp_entries
+  assert writable == []
 
 
 def test_an_interpreter_under_tmp_still_imports_behind_the_private_tmp():
@@ -336,6 +357,10 @@ def test_an_interpreter_under_tmp_still_imports_behind_the_private_tmp():
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", "--system-site-packages",
                     venv], check=True, capture_output=True, timeout=120)
     (site,) = glob.glob(os.path.join(venv, "lib", "python*", "site-packages"))
+    # The new venv's base is the *base* interpreter; when this test itself runs in a virtualenv,
+    # pandas lives in that virtualenv's site-packages, which the new venv must see too.
+    with open(os.path.join(site, "gift_parent_env.pth"), "w") as f:
+      f.write("\n".join(p for p in sys.path if p.endswith("site-packages")) + "\n")
     with open(os.path.join(site, "gift_lazy_probe.py"), "w") as f:
       f.write("VALUE = 42\n")
     with Sandbox(num_workers=1, python=os.path.join(venv, "bin", "python"), timeout_s=20.0) as sb:
@@ -348,6 +373,59 @@ def test_an_interpreter_under_tmp_still_imports_behind_the_private_tmp():
       assert not os.path.exists(os.path.join(venv, "written"))
   finally:
     shutil.rmtree(root)
+
+
+@pytest.fixture
+def private_home():
+  """A user's private folder outside /tmp, as on a current Ubuntu (home mode 0700): `proj/`
+  (mode 0700, root-owned) holds data; `secret.txt` lies beside it in the home."""
+  home = tempfile.mkdtemp(prefix="gift-home-", dir="/var/tmp")
+  proj = os.path.join(home, "proj")
+  os.mkdir(proj, 0o700)
+  with open(os.path.join(proj, "sales.csv"), "w") as f:
+    f.write("a,b\n1,x\n2,y\n")
+  with open(os.path.join(home, "secret.txt"), "w") as f:
+    f.write(SECRET)
+  os.chmod(home, 0o700)
+  yield home, proj
+  shutil.rmtree(home)
+
+
+def test_data_dirs_are_readable_read_only_and_show_nothing_else(sb, private_home):
+  need(sb, "uid", "readonly_root")
+  home, proj = private_home
+  ctx = f"import os\nimport pandas as pd\nos.chdir({proj!r})\ndf = pd.read_csv('sales.csv')"
+  v = run(sb, "result = (df.b.tolist(), os.getuid(), sorted(os.listdir(HOME)))",
+          context=f"HOME = {home!r}\n" + ctx, data_dirs=(proj,))
+  assert v.status == "ok" and v.result == (["x", "y"], 65534, ["proj"]), v
+  for code in (f"open({home!r} + '/secret.txt').read()",
+               f"open({proj!r} + '/sales.csv', 'a').write('z')",
+               f"open({proj!r} + '/new.txt', 'w').write('z')", f"os.chmod({proj!r}, 0o777)",
+               f"os.remove({proj!r} + '/sales.csv')"):
+    v = run(sb, code, context=ctx, data_dirs=(proj,), output_var=None)
+    assert v.status == "error" and v.error_type in ("FileNotFoundError", "PermissionError",
+                                                    "OSError"), (code, v)
+    assert SECRET not in (v.stdout + v.stderr + (v.error_message or ""))
+  assert sorted(os.listdir(proj)) == ["sales.csv"]
+  assert open(os.path.join(proj, "sales.csv")).read() == "a,b\n1,x\n2,y\n"
+  # without the folder among its data dirs, a context cannot read it: the failure names the file
+  v = sb.run(ctx, "result = 1")
+  assert v.status == "error" and f"Permission denied: {proj!r}" in v.error_message, v
+
+
+def test_an_interpreter_that_cannot_start_is_named_with_its_error(tmp_path):
+  """A runtime whose interpreter lacks pandas dies at start-up: the error names the interpreter
+  and quotes what it printed, instead of a bare end-of-file from the protocol."""
+  venv = tmp_path / "bare"
+  subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True,
+                 capture_output=True, timeout=120)
+  python = str(venv / "bin" / "python")
+  if subprocess.run([python, "-c", "import pandas"], capture_output=True).returncode == 0:
+    pytest.skip("the base interpreter has pandas: a bare venv cannot fail the way users see it")
+  with pytest.raises(SandboxStartError) as err:
+    Sandbox(num_workers=1, python=python, timeout_s=5.0)
+  msg = str(err.value)
+  assert python in msg and "failed to start" in msg and "No module named" in msg, msg
 
 
 def test_missing_layers_degrade_with_a_warning(caplog):
