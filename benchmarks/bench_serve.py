@@ -29,6 +29,7 @@ import http.client
 import json
 import os
 import shutil
+import signal
 import socket
 import statistics
 import subprocess
@@ -300,7 +301,7 @@ def main() -> None:
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument("--requests", type=int, default=256, help="requests per concurrency level")
   p.add_argument("--concurrency", type=int, nargs="+", default=(1, 8, 32))
-  p.add_argument("--c1_requests", type=int, default=64,
+  p.add_argument("--c1_requests", type=int, default=32,
                  help="requests at concurrency 1 (sequential: bounded for time)")
   p.add_argument("--prompt_len", type=int, nargs=2, default=(16, 400))
   p.add_argument("--new_tokens", type=int, nargs=2, default=(64, 128))
@@ -316,6 +317,7 @@ def main() -> None:
   p.add_argument("--decode_steps", type=int, default=8, help="gift serve --decode_steps")
   p.add_argument("--keep", default="", help="keep the work folder here (logs, model)")
   args = p.parse_args()
+  signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # servers are stopped on the way out
 
   sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
   import common

@@ -36,6 +36,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from gift import tokenizer as tokenizer_lib
 from gift.serve import engine as engine_lib
 
 log = logging.getLogger(__name__)
@@ -210,8 +211,8 @@ class Server:
                                      logprobs=logprobs, ignore_eos=req.ignore_eos)
 
   def encode(self, text: str) -> list[int]:
-    """BOS + the text's ids, as `gift sample` feeds a prompt."""
-    return [self.tokenizer.bos_id] + self.tokenizer.encode(text)
+    """The prompt's ids as `gift sample` feeds them: BOS (if the tokenizer adds one) + text."""
+    return tokenizer_lib.prompt_ids(self.tokenizer, text)
 
   # -- running --------------------------------------------------------------------------------
   def submit(self, items: list[tuple[list[int], engine_lib.SamplingParams]], n: int,
@@ -294,26 +295,6 @@ def _chat_logprobs(infos: list[engine_lib.TokenInfo], tokenizer) -> dict:
     return {"token": text, "logprob": lp, "bytes": list(text.encode("utf-8"))}
   return {"content": [dict(entry(i.text, i.logprob), top_logprobs=[
       entry(tokenizer.decode([t]), lp) for t, lp in i.top or []]) for i in infos]}
-
-
-def _render_chat(tokenizer, messages: list[dict]) -> str:
-  """The prompt text of `messages` by the tokenizer's chat template: gift.tokenizer's
-  `render_chat` where it exists, else the template rendered as Hugging Face does (a sandboxed
-  Jinja2 environment given messages, add_generation_prompt and the special tokens' text)."""
-  from gift import tokenizer as tokenizer_lib
-  render = getattr(tokenizer_lib, "render_chat", None)
-  if render is not None:
-    return render(tokenizer, messages, add_generation_prompt=True)
-  from jinja2.sandbox import ImmutableSandboxedEnvironment
-
-  def raise_exception(message):
-    raise ValueError(message)
-
-  env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
-  env.globals["raise_exception"] = raise_exception
-  special = {name: getattr(tokenizer, name, "") for name in ("bos_token", "eos_token")}
-  return env.from_string(tokenizer.chat_template).render(
-      messages=messages, add_generation_prompt=True, **special)
 
 
 def _sse(obj: Any) -> str:
@@ -461,14 +442,11 @@ def create_app(server: Server) -> FastAPI:
                          param="messages", code="unsupported")
         content = "".join(part["text"] for part in content)
       messages.append({"role": m.role, "content": content or ""})
-    try:
-      text = _render_chat(tok, messages)
+    try:  # the template's special tokens become ids; no BOS beyond what the template writes
+      ids = tokenizer_lib.encode_chat(tok, messages, add_generation_prompt=True)
     except Exception as e:  # a template error names the problem (e.g. roles must alternate)
       raise ApiError(400, f"the chat template failed on these messages: {e}",
                      param="messages") from None
-    ids = tok.encode(text)
-    if not ids or ids[0] != tok.bos_id:
-      ids = [tok.bos_id] + ids
     max_tokens = req.max_completion_tokens or req.max_tokens
     if max_tokens is None:
       max_tokens = max(1, server.engine.max_seq_len - len(ids))
