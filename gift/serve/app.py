@@ -36,6 +36,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from gift import tokenizer as tokenizer_lib
 from gift.serve import engine as engine_lib
 
 log = logging.getLogger(__name__)
@@ -210,8 +211,7 @@ class Server:
                                      logprobs=logprobs, ignore_eos=req.ignore_eos)
 
   def encode(self, text: str) -> list[int]:
-    """BOS (when the tokenizer adds one) + the text's ids, as `gift sample` feeds a prompt."""
-    from gift import tokenizer as tokenizer_lib
+    """The prompt's ids as `gift sample` feeds them: BOS (if the tokenizer adds one) + text."""
     return tokenizer_lib.prompt_ids(self.tokenizer, text)
 
   # -- running --------------------------------------------------------------------------------
@@ -442,14 +442,11 @@ def create_app(server: Server) -> FastAPI:
                          param="messages", code="unsupported")
         content = "".join(part["text"] for part in content)
       messages.append({"role": m.role, "content": content or ""})
-    from gift import tokenizer as tokenizer_lib
-    try:  # the template's special tokens as ids, those inside messages as text (no forged turns)
-      ids = tokenizer_lib.encode_chat(tok, messages)
+    try:  # the template's special tokens become ids; no BOS beyond what the template writes
+      ids = tokenizer_lib.encode_chat(tok, messages, add_generation_prompt=True)
     except Exception as e:  # a template error names the problem (e.g. roles must alternate)
       raise ApiError(400, f"the chat template failed on these messages: {e}",
                      param="messages") from None
-    if tok.add_bos and (not ids or ids[0] != tok.bos_id):  # templates of BOS models write it
-      ids = [tok.bos_id] + ids
     max_tokens = req.max_completion_tokens or req.max_tokens
     if max_tokens is None:
       max_tokens = max(1, server.engine.max_seq_len - len(ids))
@@ -564,8 +561,8 @@ def main(argv: list[str]) -> int:
       args.checkpoint, mesh=_mesh(args.mesh), step=args.step, max_batch=args.max_batch,
       max_seq_len=args.max_seq_len, max_queue=args.max_queue, decode_steps=args.decode_steps,
       max_prefill_tokens=args.max_prefill_tokens)
-  engine.start()
   engine.warmup()
+  engine.start()
   server = Server(engine, name, args.api_key, max_n=args.max_n,
                   max_body_bytes=int(args.max_body_mb * (1 << 20)))
   app = create_app(server)

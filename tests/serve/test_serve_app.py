@@ -33,7 +33,6 @@ class ChatBytes(tokenizer_lib.ByteTokenizer):
   """The byte tokenizer with a chat template (as a tokenizer.json's would be)."""
   chat_template = ("{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n{% endfor %}"
                    "{% if add_generation_prompt %}<|assistant|>{% endif %}")
-  bos_token, eos_token = "", ""
 
 
 TOK = ChatBytes()
@@ -53,8 +52,8 @@ def params():
 
 @pytest.fixture(scope="module")
 def served(params):
-  """(base url, engine) of a server with 8 slots, a 64-sequence queue, n up to 80."""
-  engine = Engine(CFG, params, TOK, max_batch=8, max_seq_len=128, max_queue=64, decode_steps=4,
+  """(base url, engine) of a server with 16 slots, a 64-sequence queue, n up to 80."""
+  engine = Engine(CFG, params, TOK, max_batch=16, max_seq_len=128, max_queue=64, decode_steps=4,
                   prompt_buckets=(128,), extent_buckets=(128,)).start()
   server = app_lib.Server(engine, "tiny", api_key=KEY, max_n=80, max_body_bytes=64 << 10)
   port = _free_port()
@@ -77,9 +76,9 @@ def sampler(params):
   return sample.Sampler(CFG, params, TOK, batch_size=8, buckets=(128,))
 
 
-def _expected(sampler, prompts, max_tokens):
+def _expected(sampler, prompts, max_tokens, bos=True):
   """Greedy texts `gift sample` gives for these prompts (BOS + text), cut to max_tokens ids."""
-  ids = [[TOK.bos_id] + TOK.encode(p) for p in prompts]
+  ids = [[TOK.bos_id] * bos + TOK.encode(p) for p in prompts]
   out = sampler.generate_ids(ids, max_new_tokens=MAX_TOKENS)
   return [TOK.decode(row[0][:m]) for row, m in zip(out, max_tokens)]
 
@@ -151,11 +150,11 @@ def test_openai_client_completions_chat_streaming(served, sampler):
   # chat: the tokenizer's template renders the prompt
   messages = [{"role": "user", "content": "Sum column x."}]
   rendered = "<|user|>Sum column x.\n<|assistant|>"
-  want_chat = _expected(sampler, [rendered], [10])[0]
+  want_chat = _expected(sampler, [rendered], [10], bos=False)[0]  # the template writes none
   c = client.chat.completions.create(model="tiny", messages=messages, max_tokens=10,
                                      temperature=0, logprobs=True, top_logprobs=1)
   assert c.choices[0].message.content == want_chat and c.choices[0].message.role == "assistant"
-  assert c.usage.prompt_tokens == 1 + len(rendered.encode())
+  assert c.usage.prompt_tokens == len(rendered.encode())
   assert len(c.choices[0].logprobs.content) == c.usage.completion_tokens
   stream = client.chat.completions.create(model="tiny", messages=messages, max_tokens=10,
                                           temperature=0, stream=True)
@@ -284,7 +283,7 @@ def test_client_disconnect_frees_the_slots(served, stream, monkeypatch):
 
 
 def test_64_concurrent_requests_each_get_their_own_answer(served, sampler):
-  """A bounded loopback load test: 64 requests at once (8 slots, so most wait in the queue),
+  """A bounded loopback load test: 64 requests at once (16 slots, so most wait in the queue),
   different prompts and lengths, half streamed; every response is its own prompt's greedy
   completion."""
   url, _ = served
