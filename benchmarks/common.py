@@ -60,24 +60,19 @@ def matmul_peak(n: int = 2048, seconds: float = 2.0,
                 libs: Sequence[str] = ("jax", "torch")) -> dict[str, float]:
   """Achieved f32 FLOP/s of a square [n, n] @ [n, n] matmul on the CPU in JAX (XLA) and in
   PyTorch (`libs`), each the best of repeated timed calls over about `seconds`. The max is this
-  machine's measured matmul peak, the denominator of MFU in the CPU benchmarks."""
-  import numpy as np
-
+  machine's measured matmul peak, the denominator of MFU in the CPU benchmarks. The JAX figure
+  is `gift.flops.measure_matmul_peak`, the one `gift quickstart` prints."""
   flops = 2.0 * n ** 3
-  a = np.random.default_rng(0).standard_normal((n, n), dtype=np.float32)
-  runs = {}
-  if "jax" in libs:
-    import jax
-    import jax.numpy as jnp
-    cpu = jax.devices("cpu")[0]
-    dot = jax.jit(jnp.dot)
-    a_jax = jax.device_put(a, cpu)
-    runs["jax"] = lambda: dot(a_jax, a_jax).block_until_ready()
-  if "torch" in libs:
-    import torch
-    a_torch = torch.from_numpy(a)
-    runs["torch"] = lambda: torch.mm(a_torch, a_torch)
   out = {}
+  if "jax" in libs:
+    from gift import flops as flops_lib
+    out["jax"] = flops_lib.measure_matmul_peak(n, seconds)
+  runs = {}
+  if "torch" in libs:
+    import numpy as np
+    import torch
+    a_torch = torch.from_numpy(np.random.default_rng(0).standard_normal((n, n), dtype=np.float32))
+    runs["torch"] = lambda: torch.mm(a_torch, a_torch)
   for name, fn in runs.items():
     fn()  # compile / warm the kernels
     best, deadline = float("inf"), time.perf_counter() + seconds
@@ -140,7 +135,8 @@ class ChildRunner:
     try:
       status, value = self._conn.recv()
     except EOFError:
-      raise RuntimeError(f"benchmark child process died (exit code {self._proc.exitcode})")
+      raise RuntimeError(
+          f"benchmark child process died (exit code {self._proc.exitcode})") from None
     if status == "error":
       raise RuntimeError(f"benchmark child process failed:\n{value}")
     return value

@@ -2,14 +2,16 @@
 
 Training FLOPs per token = 6 * M + 6 * L * T * N * H, where
   M = matmul parameters seen by each token: L * (D*N*H [q] + 2*D*K*H [k, v] + N*H*D [o]
-      + 3*D*F [gate, up, down]) + D*V [unembedding, counted even when tied; the embedding
-      lookup is a gather, not a matmul],
+      + 3*D*F [gate, up, down]; 2*D*F for a plain MLP) + D*V [unembedding, counted even when
+      tied; the embedding lookup is a gather, not a matmul],
   6 = 2 (multiply-add) * 3 (forward + backward for inputs and for weights),
   6 * L * T * N * H = causal attention: QK^T and PV, 2 * 2 * T * N * H FLOPs per token and
       layer forward, halved by the causal mask, times 3 for training. T = sequence length.
 MFU = achieved FLOP/s / peak FLOP/s, with the peak of the device's dense bf16 matmul units.
 """
 from __future__ import annotations
+
+import time
 
 from gift.model.presets import ModelConfig
 
@@ -50,7 +52,7 @@ def peak_flops(device_kind: str) -> float | None:
 def matmul_params(cfg: ModelConfig) -> int:
   """M: parameters in matmuls per token, including the (possibly tied) unembedding."""
   d, n, k, h, f = cfg.d_model, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.mlp_dim
-  per_layer = d * n * h + 2 * d * k * h + n * h * d + 3 * d * f
+  per_layer = d * n * h + 2 * d * k * h + n * h * d + (3 if cfg.mlp_gated else 2) * d * f
   return cfg.num_layers * per_layer + d * cfg.vocab_size
 
 
@@ -62,3 +64,24 @@ def attention_flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
 def train_flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
   """6 * M + 6 * L * T * N * H (see the module docstring)."""
   return 6.0 * matmul_params(cfg) + attention_flops_per_token(cfg, seq_len)
+
+
+def measure_matmul_peak(n: int = 2048, seconds: float = 1.0) -> float:
+  """Achieved f32 FLOP/s of a square [n, n] @ [n, n] matmul in XLA on the first CPU device, the
+  best of repeated calls over about `seconds`: this host's measured matmul peak (hosts of one
+  cloud machine type differ ~3x), the denominator of MFU on a CPU and the yardstick
+  `gift quickstart` prints so a slow host is visible as such."""
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+
+  a_nn = jax.device_put(np.random.default_rng(0).standard_normal((n, n), dtype=np.float32),
+                        jax.devices("cpu")[0])
+  dot = jax.jit(jnp.dot)
+  dot(a_nn, a_nn).block_until_ready()  # compile and warm the kernels
+  best, deadline = float("inf"), time.perf_counter() + seconds
+  while time.perf_counter() < deadline:
+    t0 = time.perf_counter()
+    dot(a_nn, a_nn).block_until_ready()
+    best = min(best, time.perf_counter() - t0)
+  return 2.0 * n ** 3 / best

@@ -36,7 +36,9 @@ SPEC_KINDS = ("none", "typedesc", "io_examples", "io_summary")
 def get_config(arg: str | None = None) -> config_lib.ConfigDict:
   """Embedded defaults; `arg="tiny"` is a seconds-long version for tests."""
   c = config_lib.base_config()
-  config_lib.with_preset(c, "quickstart")
+  # The unembedding is sized to the tokenizer (2k pieces; the preset's 4k ids would leave half of
+  # the logits, softmax and their gradients computing ids that never occur).
+  config_lib.with_preset(c, "quickstart", vocab_size=2048)
   c.synth.contexts = ("bundled",)
   # Many contexts with few intents each: schemas repeat with re-worded column names, so the
   # model must take names from the prompt (held-out contexts use names it has not memorized).
@@ -57,6 +59,13 @@ def get_config(arg: str | None = None) -> config_lib.ConfigDict:
   c.train.weight_decay = 0.01
   c.train.log_every = 20
   c.train.eval_every = 350
+  # The GIFT curve: greedy pass@1 per spec kind on every held-out task (one per held-out intent),
+  # executed in the background while training goes on (gift/eval/intrain.py).
+  c.train.exec_eval_every = 175
+  c.train.exec_eval.num_tasks = 0
+  c.train.exec_eval.spec_kinds = SPEC_KINDS
+  c.train.exec_eval.max_new_tokens = 64  # the longest training target is 44 tokens + EOS
+  c.train.exec_eval.batch_size = 32
   c.checkpoint.every = 100
   c.sample.n = 5
   c.sample.temperature = 0.8
@@ -65,12 +74,12 @@ def get_config(arg: str | None = None) -> config_lib.ConfigDict:
   c.sample.batch_size = 32
   with c.unlocked():
     c.quickstart = config_lib.ConfigDict(dict(
-        vocab_size=2048,  # small pieces: unseen column names split into familiar sub-words
-        eval_problems=96,  # held-out problems (one per held-out intent) evaluated
+        # Held-out tasks given n samples each for pass@k (every one gets greedy pass@1).
+        eval_problems=96,
         pass_k=(1, 5),
     ))
   if arg == "tiny":
-    config_lib.with_preset(c, "test_tiny")
+    config_lib.with_preset(c, "test_tiny", vocab_size=400)
     c.synth.num_bundled = 3
     c.synth.bundled_real = False
     c.synth.intents_per_context = 16
@@ -79,11 +88,13 @@ def get_config(arg: str | None = None) -> config_lib.ConfigDict:
     c.data.seq_len = 512
     c.train.num_steps = 6
     c.train.eval_every = 0
+    c.train.exec_eval_every = 3
+    c.train.exec_eval.num_tasks = 8
+    c.train.exec_eval.max_new_tokens = 16
     c.train.log_every = 2
     c.checkpoint.every = 3
     c.sample.n = 2
     c.sample.max_new_tokens = 24
-    c.quickstart.vocab_size = 400
     c.quickstart.eval_problems = 4
     c.quickstart.pass_k = (1, 2)
   return c
@@ -106,6 +117,36 @@ def _mark(path: str, payload: Any) -> None:
 
 def _banner(i: int, text: str) -> None:
   print(f"\n=== [{i}/5] {text} ===", flush=True)
+
+
+def _cpu_seconds() -> tuple[float, float]:
+  """(user + sys CPU seconds of this process, of its reaped children: sandbox workers, ...)."""
+  import resource
+  me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+  return me.ru_utime + me.ru_stime, kids.ru_utime + kids.ru_stime
+
+
+class StageTimer:
+  """Wall and CPU time of each stage (CPU time, user + sys, is what a shared machine does not
+  inflate). `with timer("train"): ...` prints the stage's times when it ends."""
+
+  def __init__(self):
+    self.stages: dict[str, dict[str, float]] = {}
+
+  def __call__(self, name: str):
+    import contextlib
+
+    @contextlib.contextmanager
+    def scope():
+      wall0, (cpu0, kids0) = time.perf_counter(), _cpu_seconds()
+      yield
+      wall, (cpu, kids) = time.perf_counter() - wall0, _cpu_seconds()
+      t = {"wall_s": round(wall, 1), "cpu_s": round(cpu - cpu0 + kids - kids0, 1),
+           "cpu_children_s": round(kids - kids0, 1)}
+      self.stages[name] = t
+      print(f"[time] {name}: {t['wall_s']:.1f} s wall, {t['cpu_s']:.1f} s CPU "
+            f"({t['cpu_children_s']:.1f} s of it in child processes)", flush=True)
+    return scope()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -139,8 +180,8 @@ def stage_tokenizer(cfg: Any, workdir: str, dataset_dir: str) -> str:
     for kind in SPEC_KINDS:  # every spec kind's wording, so none is split into bytes
       r = prompts.render(rec, kind, cfg.data.context)
       texts.append(r.prompt + r.target)
-  out = tokenizer_lib.train(texts, os.path.join(workdir, "tokenizer"), cfg.quickstart.vocab_size)
-  print(f"tokenizer: {cfg.quickstart.vocab_size} pieces from {len(train)} examples -> {out}")
+  out = tokenizer_lib.train(texts, os.path.join(workdir, "tokenizer"), cfg.model.vocab_size)
+  print(f"tokenizer: {cfg.model.vocab_size} pieces from {len(train)} examples -> {out}")
   return out
 
 
@@ -158,6 +199,10 @@ def train_config(cfg: Any, dataset_dir: str, tokenizer_path: str, spec_kind: str
   return config_lib.finalize(tcfg)
 
 
+class Interrupted(Exception):
+  """Training stopped early (SIGTERM): nothing is marked done; re-running resumes."""
+
+
 def stage_train(cfg: Any, run_dir: str, dataset_dir: str, tokenizer_path: str,
                 spec_kind: str) -> dict:
   from gift import metrics, train
@@ -168,6 +213,9 @@ def stage_train(cfg: Any, run_dir: str, dataset_dir: str, tokenizer_path: str,
     print(f"train ({spec_kind}): done ({summary.get('step')} steps) -> {run_dir}")
     return summary
   summary = train.train(train_config(cfg, dataset_dir, tokenizer_path, spec_kind), run_dir)
+  if summary["step"] < cfg.train.num_steps and not cfg.data.num_epochs:
+    raise Interrupted(f"training in {run_dir} stopped at step {summary['step']} of "
+                      f"{cfg.train.num_steps}; re-run the same command to resume")
   summary = dict(summary, spec_kind=spec_kind,
                  params=transformer.param_count(config_lib.model_config(cfg)),
                  metrics=metrics.read_jsonl(os.path.join(run_dir, "metrics.jsonl")))
@@ -175,14 +223,27 @@ def stage_train(cfg: Any, run_dir: str, dataset_dir: str, tokenizer_path: str,
   return summary
 
 
+def _exec_evals(run_dir: str) -> dict[int, dict]:
+  """The run's in-training evaluations: step -> {"metrics", "passed", "completions"}."""
+  from gift.eval import intrain
+  folder = os.path.join(run_dir, intrain.RESULTS_DIR)
+  out = {}
+  for name in os.listdir(folder) if os.path.isdir(folder) else ():
+    if name.startswith("step_") and name.endswith(".json"):
+      with open(os.path.join(folder, name), encoding="utf-8") as f:
+        r = json.load(f)
+      out[r["step"]] = r
+  return dict(sorted(out.items()))
 
-def stage_eval(cfg: Any, workdir: str, card: dict, runs: dict[str, dict]) -> dict:
-  """pass@1 (greedy) and pass@k (sampled) per spec kind on held-out contexts, for each model."""
-  from gift.data import prompts, records
-  from gift.eval import arcade, passk
+
+def stage_eval(cfg: Any, workdir: str, runs: dict[str, dict]) -> dict:
+  """Per spec kind, for each model: greedy pass@1 on every held-out task (the in-training
+  evaluation of its last step: not sampled twice) and pass@k from n samples on an even spread
+  of `quickstart.eval_problems` of them."""
+  from gift.data import prompts
+  from gift.eval import arcade, intrain, passk
   from gift.execution.sandbox import Sandbox
   from gift.sample import Sampler
-  from gift.synth import build
 
   path = os.path.join(workdir, "eval", "results.json")
   done = (_finished(path) or {}).get("models", {})
@@ -191,46 +252,40 @@ def stage_eval(cfg: Any, workdir: str, card: dict, runs: dict[str, dict]) -> dic
     print(f"eval: done -> {path}")
     return _finished(path)
   os.makedirs(os.path.dirname(path), exist_ok=True)
-  data_dir = os.path.join(workdir, "data")
-  ctxs, _ = build.load_contexts(cfg.synth, data_dir, cfg.seed)
-  held_out = records.load_split(card["dataset_dir"], "validation")
-  episodes = arcade.build_episodes((held_out[i] for i in range(len(held_out))),
-                                   {c.id: c for c in ctxs},
-                                   os.path.join(workdir, "eval", "heldout_episodes.json"))
-  tasks = arcade.tasks(episodes, context=cfg.data.context)
-  # An even spread over held-out contexts: every k-th task, up to eval_problems.
-  stride = max(1, len(tasks) // cfg.quickstart.eval_problems)
-  tasks = tasks[::stride][:cfg.quickstart.eval_problems]
+  # The trainer's fixed task set (the validation split, one task per intent).
+  tasks = arcade.tasks(arcade.load(os.path.join(runs["gift"]["workdir"], intrain.RESULTS_DIR,
+                                                intrain.TASKS_FILE)), context=cfg.data.context)
   s, n, ks = cfg.sample, cfg.sample.n, tuple(cfg.quickstart.pass_k)
   results = {"tasks": len(tasks), "contexts": len({t.notebook_name for t in tasks}),
              "n": n, "temperature": s.temperature, "top_p": s.top_p, "models": dict(done)}
   e = cfg.execution
   with Sandbox(num_workers=e.num_workers, timeout_s=e.timeout_s, memory_mb=e.memory_mb) as box:
     refs = arcade.reference_outputs(box, tasks)
-    tasks = [t for t in tasks if isinstance(refs[t.task_id], arcade.Output)]
-    results["tasks"] = len(tasks)
+    greedy_tasks = [t for t in tasks if isinstance(refs[t.task_id], arcade.Output)]
+    sampled_tasks = intrain.spread(greedy_tasks, cfg.quickstart.eval_problems)
+    results["tasks"], results["sampled_tasks"] = len(greedy_tasks), len(sampled_tasks)
     for model_name in todo:
+      evals = _exec_evals(runs[model_name]["workdir"])
+      last = evals[max(evals)]
       sampler = Sampler.from_checkpoint(runs[model_name]["workdir"], batch_size=s.batch_size)
       per_kind = {}
       for kind in SPEC_KINDS:
         t0 = time.time()
-        prompts_ = [t.prompt(kind) for t in tasks]
-        greedy = sampler.generate(prompts_, n=1, temperature=0.0,
-                                  max_new_tokens=s.max_new_tokens, stop=prompts.STOP)
-        sampled = sampler.generate(prompts_, n=n, temperature=s.temperature, top_p=s.top_p,
+        passed = set(last["passed"][kind]) & {t.task_id for t in greedy_tasks}
+        sampled = sampler.generate([t.prompt(kind) for t in sampled_tasks], n=n,
+                                   temperature=s.temperature, top_p=s.top_p,
                                    max_new_tokens=s.max_new_tokens, stop=prompts.STOP,
                                    seed=cfg.seed)
-        cut = lambda outs: {t.task_id: [prompts.cut_at_stop(c) for c in o]
-                            for t, o in zip(tasks, outs)}
-        g_pass = arcade.score(box, tasks, cut(greedy), refs)
-        s_pass = arcade.score(box, tasks, cut(sampled), refs)
+        s_pass = arcade.score(box, sampled_tasks, {
+            t.task_id: [prompts.cut_at_stop(c) for c in o] for t, o in zip(sampled_tasks, sampled)},
+            refs)
         counts = [(len(f), int(sum(f))) for f in s_pass.values()]
         per_kind[kind] = {
-            "greedy_pass@1": sum(f[0] for f in g_pass.values()) / max(1, len(tasks)),
-            "greedy_passed": sorted(tid for tid, f in g_pass.items() if f[0]),
+            "greedy_pass@1": len(passed) / max(1, len(greedy_tasks)),
+            "greedy_passed": sorted(passed), "greedy_step": last["step"],
             **{f"pass@{k}": v for k, v in passk.mean_pass_at_k(counts, ks).items()},
             "seconds": round(time.time() - t0, 1),
-            "example": {"task": tasks[0].task_id, "greedy": greedy[0][0]} if tasks else {},
+            "example": {"task": tasks[0].task_id, "greedy": last["completions"][kind][0]},
         }
         print(f"eval {model_name:8s} {kind:12s} greedy pass@1 "
               f"{100 * per_kind[kind]['greedy_pass@1']:5.1f}%  "
@@ -261,7 +316,7 @@ def _code_tokens(run: dict) -> float:
 
 
 def stage_report(cfg: Any, workdir: str, card: dict, runs: dict, results: dict,
-                 seconds: float) -> str:
+                 timing: dict) -> str:
   """report.md with the spec comparison, the loss curve and pass@k plots."""
   import matplotlib
   matplotlib.use("Agg")
@@ -270,7 +325,19 @@ def stage_report(cfg: Any, workdir: str, card: dict, runs: dict, results: dict,
   from gift.eval import report as report_lib
 
   ks = [f"pass@{k}" for k in cfg.quickstart.pass_k]
-  fig, ax = plt.subplots(figsize=(6, 3.5))
+  fig, (ax, ax_pass) = plt.subplots(1, 2, figsize=(12, 3.8))
+  styles = ("-", "--", ":")
+  for (name, run), style in zip(runs.items(), styles):
+    evals = _exec_evals(run["workdir"])
+    for j, kind in enumerate(SPEC_KINDS):
+      pts = [(st, e["metrics"][f"pass@1/{kind}"]) for st, e in evals.items()
+             if f"pass@1/{kind}" in e["metrics"]]
+      if pts:
+        ax_pass.plot([p[0] for p in pts], [100 * p[1] for p in pts], style, marker="o",
+                     color=f"C{j}", label=f"{name}: {kind}")
+  ax_pass.set_xlabel("step"), ax_pass.set_ylabel("greedy pass@1, % of held-out tasks")
+  ax_pass.set_title("executed held-out pass@1 by spec kind at inference")
+  ax_pass.legend(fontsize=6, ncol=2)
   for name, run in runs.items():
     rows = [m for m in run["metrics"] if "loss" in m and "step" in m]
     ax.plot([m["step"] for m in rows], [m["loss"] for m in rows], label=f"{name} train")
@@ -280,6 +347,7 @@ def stage_report(cfg: Any, workdir: str, card: dict, runs: dict, results: dict,
               label=f"{name} held-out")
   ax.set_xlabel("step"), ax.set_ylabel("loss (code tokens)"), ax.legend()
   ax.set_title("training loss")
+  fig.tight_layout()
   report_lib.save_png(fig, os.path.join(workdir, "loss.png"))
   plt.close(fig)
 
@@ -325,14 +393,19 @@ def stage_report(cfg: Any, workdir: str, card: dict, runs: dict, results: dict,
                  + (f", held-out loss {ev[-1]['eval_loss']:.3f}" if ev else "")
                  + f"; ~{code_tokens[name] / 1e3:.0f}k code tokens trained on"
                  + f"; checkpoint `{run['workdir']}`")
-  lines += ["", "![loss](loss.png)", "",
+  lines += ["", "Left: the training loss. Right: the GIFT curve, greedy pass@1 on every held-out "
+            "task with each spec kind in the prompt, sampled and executed during training every "
+            f"{cfg.train.exec_eval_every} steps and at the end (`train.exec_eval_every`).", "",
+            "![loss and pass@1 by step](loss.png)", "",
             f"## Held-out evaluation ({results['tasks']} tasks from {results['contexts']} "
             "unseen contexts)", "",
             "Held-out contexts are dataframes no training example came from; the bundled "
             "generator draws them from the same 24 schemas, with column names re-worded per "
             "context, so a model must read the names from the prompt.", "",
-            f"Greedy pass@1, and pass@k from n={results['n']} samples at temperature "
-            f"{results['temperature']} (top-p {results['top_p']}, unbiased estimator). A task "
+            f"Greedy pass@1 on all {results['tasks']} tasks (the last in-training evaluation), "
+            f"and pass@k from n={results['n']} samples at temperature "
+            f"{results['temperature']} (top-p {results['top_p']}, unbiased estimator) on "
+            f"{results.get('sampled_tasks', results['tasks'])} of them, evenly spread. A task "
             "passes when the generated code runs in its notebook context (sandboxed) and its "
             "output matches the reference output (ARCADE-style lenient matching).", "",
             "| model (training specs) | spec at inference | greedy pass@1 | "
@@ -345,7 +418,8 @@ def stage_report(cfg: Any, workdir: str, card: dict, runs: dict, results: dict,
   n_tasks = results["tasks"]
   delta, wins, losses, se = _paired(g["io_summary"]["greedy_passed"], g["none"]["greedy_passed"],
                                     n_tasks)
-  verdict = ("within two standard errors, so not distinguishable from noise" if abs(delta) < 2 * se
+  verdict = ("within two standard errors, so not distinguishable from noise"
+             if abs(delta) <= 2 * se
              else "more than two standard errors: a "
              + ("gain" if delta > 0 else "loss") + " from the spec")
   lines += ["", "![pass@k](passk.png)", "", "## The GIFT effect in miniature", "",
@@ -378,10 +452,19 @@ def stage_report(cfg: Any, workdir: str, card: dict, runs: dict, results: dict,
   else:
     lines.append("- the ungrounded baseline (a model trained without specs) is trained and "
                  "evaluated with `gift quickstart --ablation`.")
-  lines += ["", f"Wall time: {seconds / 60:.1f} min over every run of this command on this "
-            "workdir (a run that resumes adds only its own time). Files: `data/` (TFDS records, "
-            "records.jsonl, card.json), `tokenizer.model`, `train*/` (checkpoints, "
-            "metrics.jsonl, TensorBoard), `eval/results.json`.", ""]
+  seconds = timing["seconds"]
+  lines += ["", "## Time", "",
+            f"Measured f32 matmul peak of this host (2048^3, XLA): "
+            f"{timing['peak_gflops']:.0f} GFLOP/s. Wall time: {seconds / 60:.1f} min over every "
+            "run of this command on this workdir (a run that resumes adds only its own time). "
+            "CPU time is user + sys of gift and its child processes (sandbox workers); on a "
+            "shared machine wall time grows, CPU time much less.", "",
+            "| stage | wall (s) | CPU (s) | of which child processes (s) |", "|---|---|---|---|"]
+  for name, t in timing["stages"].items():
+    lines.append(f"| {name} | {t['wall_s']:.1f} | {t['cpu_s']:.1f} | {t['cpu_children_s']:.1f} |")
+  lines += ["", "Files: `data/` (TFDS records, records.jsonl, card.json), `tokenizer.model`, "
+            "`train*/` (checkpoints, metrics.jsonl, TensorBoard, `exec_eval/` with each "
+            "in-training evaluation's passed tasks and completions), `eval/results.json`.", ""]
   out = os.path.join(workdir, "report.md")
   tmp = out + ".tmp"
   with open(tmp, "w", encoding="utf-8") as f:
@@ -405,32 +488,55 @@ def main(argv: list[str]) -> int:
   workdir = os.path.abspath(args.workdir)
   os.makedirs(workdir, exist_ok=True)
   t0 = time.time()
-  _banner(1, "data: contexts -> intents -> executed samples -> specs -> TFDS records")
-  card = stage_data(cfg, workdir)
-  _banner(2, "tokenizer: SentencePiece vocabulary for code")
-  tok = stage_tokenizer(cfg, workdir, card["dataset_dir"])
-  _banner(3, "train: the quickstart model on a mixture of spec kinds")
-  runs = {"gift": stage_train(cfg, os.path.join(workdir, "train"), card["dataset_dir"], tok,
-                              "mixture")}
-  if args.ablation:
-    runs["no_spec"] = stage_train(cfg, os.path.join(workdir, "train_nospec"),
-                                  card["dataset_dir"], tok, "none")
-    # The same again, stopped once it has trained on as many code tokens as the gift model
-    # (its prompts carry no spec, so each row packs more examples): equal epochs of the data.
-    matched = copy.deepcopy(cfg)
-    matched.train.num_steps = max(1, round(
-        cfg.train.num_steps * _code_tokens(runs["gift"]) / max(1.0, _code_tokens(runs["no_spec"]))))
-    runs["no_spec_matched"] = stage_train(matched, os.path.join(workdir, "train_nospec_matched"),
-                                          card["dataset_dir"], tok, "none")
-  _banner(4, "eval: held-out contexts, each spec kind at inference")
-  results = stage_eval(cfg, workdir, card, runs)
+  from gift import flops
+  peak = flops.measure_matmul_peak() / 1e9
+  print(f"host: measured f32 matmul peak {peak:.0f} GFLOP/s (2048^3, XLA), "
+        f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}", flush=True)
+  timer = StageTimer()
+  try:
+    with timer("data"):
+      _banner(1, "data: contexts -> intents -> executed samples -> specs -> TFDS records")
+      card = stage_data(cfg, workdir)
+    with timer("tokenizer"):
+      _banner(2, "tokenizer: SentencePiece vocabulary for code")
+      tok = stage_tokenizer(cfg, workdir, card["dataset_dir"])
+    _banner(3, "train: the quickstart model on a mixture of spec kinds, with held-out pass@1")
+    with timer("train gift"):
+      runs = {"gift": stage_train(cfg, os.path.join(workdir, "train"), card["dataset_dir"], tok,
+                                  "mixture")}
+    if args.ablation:
+      with timer("train no_spec"):
+        runs["no_spec"] = stage_train(cfg, os.path.join(workdir, "train_nospec"),
+                                      card["dataset_dir"], tok, "none")
+      # The same again, stopped once it has trained on as many code tokens as the gift model
+      # (its prompts carry no spec, so each row packs more examples): equal epochs of the data.
+      matched = copy.deepcopy(cfg)
+      matched.train.num_steps = max(1, round(cfg.train.num_steps * _code_tokens(runs["gift"])
+                                             / max(1.0, _code_tokens(runs["no_spec"]))))
+      with timer("train no_spec_matched"):
+        runs["no_spec_matched"] = stage_train(
+            matched, os.path.join(workdir, "train_nospec_matched"), card["dataset_dir"], tok,
+            "none")
+  except Interrupted as e:
+    print(f"gift quickstart: {e}", file=sys.stderr)
+    return 1
+  with timer("eval"):
+    _banner(4, "eval: held-out contexts, each spec kind at inference")
+    results = stage_eval(cfg, workdir, runs)
   _banner(5, "report")
   # Wall time accumulates over the runs of this workdir (a resumed run adds only its own).
   timing_path = os.path.join(workdir, "timing.json")
-  before = (_finished(timing_path) or {}).get("seconds", 0.0)
-  report = stage_report(cfg, workdir, card, runs, results, before + time.time() - t0)
-  _mark(timing_path, {"seconds": before + time.time() - t0})
-  print(f"\nquickstart finished in {(time.time() - t0) / 60:.1f} min. Report: {report}")
+  before = _finished(timing_path) or {}
+  timing = {"seconds": before.get("seconds", 0.0) + time.time() - t0, "peak_gflops": peak,
+            "stages": {**before.get("stages", {}), **timer.stages}}
+  with timer("report"):
+    report = stage_report(cfg, workdir, card, runs, results, timing)
+  timing["stages"]["report"] = timer.stages["report"]
+  timing["seconds"] = before.get("seconds", 0.0) + time.time() - t0
+  _mark(timing_path, timing)
+  minutes = (time.time() - t0) / 60
+  print(f"\nquickstart finished in {minutes:.1f} min (host-scaled target 10 x 170 / {peak:.0f} = "
+        f"{10 * 170 / peak:.1f} min). Report: {report}")
   return 0
 
 

@@ -2,12 +2,14 @@
 
 One readable `train(cfg, workdir)`, top to bottom: devices -> model config and tokenizer -> mesh
 and shardings -> input pipeline -> optimizer and update step -> checkpoint (resume or init) ->
-loop (log, eval, save) -> final save. Every process of a multi-host run executes the same code;
-process 0 alone writes metrics and the root files.
+loop (log, eval, save) -> final save. Fine-tuning (`init_from`) takes the model's shape and the
+tokenizer from the checkpoint; config.model then sets only numerics (`config.model_config`).
+Every process of a multi-host run executes the same code; process 0 alone writes metrics and the
+root files.
 
 The workdir is itself a gift checkpoint (`gift/checkpoint.py`): `model_config.json`,
-`config.json`, `tokenizer.model` at its root, Orbax steps with params, optimizer state and the
-input pipeline's state. Starting the same command again resumes from the latest readable step,
+`config.json` and the tokenizer's files at its root, Orbax steps with params, optimizer state and
+the input pipeline's state. Starting the same command again resumes from the latest readable step,
 and the resumed run is exactly the uninterrupted one (the batch at step s is a pure function of
 (seed, s)). SIGTERM (preemption) saves and exits cleanly; a NaN/Inf loss or gradient norm stops
 the run before anything is saved, so the last good checkpoint stays in place.
@@ -65,10 +67,10 @@ def main(argv: list[str]) -> int:
 
 def _check_same_model(model_cfg, other, where: str) -> None:
   """The shape fields must agree (numerics such as dtype or remat may differ)."""
-  free = {"dtype", "remat_policy", "scan_layers", "max_seq_len", "attention_impl"}
+  from gift.config import FREE_MODEL_FIELDS as free
   diff = {f.name: (getattr(other, f.name), getattr(model_cfg, f.name))
-          for f in dataclasses.fields(model_cfg)
-          if f.name not in free and getattr(other, f.name) != getattr(model_cfg, f.name)}
+          for f in dataclasses.fields(model_cfg) if f.name not in free
+          and getattr(other, f.name) != getattr(model_cfg, f.name)}
   if diff:
     raise ValueError(f"model config does not match {where}: " + ", ".join(
         f"{k}: {a!r} there vs {b!r} in config.model" for k, (a, b) in sorted(diff.items())))
@@ -104,14 +106,13 @@ def train(cfg: Any, workdir: str) -> dict[str, Any]:
   # -------------------------------------------------------------------------------------------
   # Model config and tokenizer (fine-tuning takes both from `init_from` unless overridden).
   # -------------------------------------------------------------------------------------------
-  model_cfg = config_lib.model_config(cfg)
-  if cfg.init_from:
-    _check_same_model(model_cfg, ckpt_lib.read_model_config(cfg.init_from),
-                      f"init_from={cfg.init_from}")
+  model_cfg = config_lib.model_config(cfg)  # with init_from: the checkpoint's shape
   if os.path.exists(os.path.join(workdir, ckpt_lib.MODEL_CONFIG)):
     _check_same_model(model_cfg, ckpt_lib.read_model_config(workdir), f"the workdir {workdir}")
   tok_path = cfg.tokenizer or (ckpt_lib.tokenizer_path(cfg.init_from) if cfg.init_from else None)
   tok = tokenizer_lib.load(tok_path or None, vocab_size=model_cfg.vocab_size)
+  if cfg.data.chat_template:
+    tokenizer_lib.chat_frame(tok)  # fails now, naming the tokenizer, if it has no template
   ckpt_lib.write_root(workdir, model_cfg, tok.path, cfg.to_dict())
 
   # -------------------------------------------------------------------------------------------
@@ -179,6 +180,26 @@ def train(cfg: Any, workdir: str) -> dict[str, Any]:
   peak = flops_lib.peak_flops(jax.devices()[0].device_kind)
   tokens_per_step = batch_size * seq_len
 
+  # Execution-based evaluation (gift/eval/intrain.py): sampled here, executed in the background.
+  exec_every = cfg.train.exec_eval_every
+  exec_eval = None
+  if exec_every:
+    from gift.eval import intrain
+    exec_eval = intrain.ExecEval(cfg, model_cfg, tok, mesh, workdir, is_main, say)
+  evaluated = set()
+
+  def run_exec_eval(step: int) -> None:
+    exec_eval.run(step, params)
+    evaluated.add(step)
+
+  def log_exec_eval(wait: bool = False) -> None:
+    for s, row in (exec_eval.close() if wait else exec_eval.poll()):
+      writer.write(s, row)
+      passes = {k.split("/", 1)[1]: v for k, v in row.items() if k.startswith("pass@1/")}
+      if passes:
+        say(f"\nexec eval step {s}: pass@1 " + ", ".join(
+            f"{k} {100 * v:.1f}%" for k, v in passes.items()), flush=True)
+
   def run_eval(params) -> float:
     eval_pipe = pipeline.Pipeline(eval_source, tok, seq_len, batch_size, rows, seed=cfg.seed,
                                   num_epochs=1, pack=cfg.data.pack)
@@ -210,6 +231,10 @@ def train(cfg: Any, workdir: str) -> dict[str, Any]:
   t_mark, steps_timed, compile_s = time.perf_counter(), 0, None
   step = start_step
   try:
+    if (exec_eval is not None and start_step and (start_step % exec_every == 0
+                                                  or start_step == num_steps)
+        and start_step not in intrain.logged_steps(workdir)):
+      run_exec_eval(start_step)  # the run stopped after saving this step, before its eval logged
     for step in range(start_step + 1, num_steps + 1):
       local_batch, next_data_state = next(batches)
       if cfg.data.num_epochs and not distributed.any_process(bool(local_batch["loss_mask"].any())):
@@ -231,7 +256,8 @@ def train(cfg: Any, workdir: str) -> dict[str, Any]:
       preempted = ckpt.preempted(step)
       every = cfg.checkpoint.every
       will_save = preempted or step == num_steps or (every > 0 and step % every == 0)
-      if step % log_every and not will_save:
+      will_exec = exec_eval is not None and (step % exec_every == 0 or step == num_steps)
+      if step % log_every and not will_save and not will_exec:
         continue
       # Fetch (a sync point), check every pending step before anything is saved, then log.
       fetched = jax.device_get([m for _, m in pending])
@@ -258,6 +284,10 @@ def train(cfg: Any, workdir: str) -> dict[str, Any]:
         last_logged = step
       if eval_source is not None and (step % cfg.train.eval_every == 0 or step == num_steps):
         writer.write(step, {"loss": run_eval(params)}, prefix="eval_")
+      if will_exec:
+        run_exec_eval(step)
+      if exec_eval is not None:
+        log_exec_eval()
       if preempted:
         save_state(step, data_state, now=True)
         say(f"\npreempted (SIGTERM): saved step {step}; re-run the same command to resume",
@@ -267,7 +297,12 @@ def train(cfg: Any, workdir: str) -> dict[str, Any]:
       t_mark, steps_timed = time.perf_counter(), 0  # eval and saving stay out of step times
     if step > start_step:
       save_state(step, data_state, now=True)  # the end of the run (no-op if already saved)
+    if exec_eval is not None and not ckpt.preempted(step) and step > start_step \
+        and step not in evaluated:
+      run_exec_eval(step)  # the data ran out before num_steps
   finally:
+    if exec_eval is not None:
+      log_exec_eval(wait=True)
     bar.close()
     ckpt.close()
     writer.close()

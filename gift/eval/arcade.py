@@ -21,6 +21,7 @@ import json
 import os
 from typing import Any, Iterable, Mapping, Sequence
 
+from gift import InputError
 from gift.data import prompts as prompts_lib
 from gift.execution import codec, compare
 from gift.execution.sandbox import Job, Sandbox
@@ -62,17 +63,20 @@ def _text(v: Any) -> str:
 def load(path: str) -> list[dict]:
   """Reads an episode file, checking the fields a runner needs."""
   with open(path) as f:
-    episodes = json.load(f)
+    try:
+      episodes = json.load(f)
+    except json.JSONDecodeError as e:
+      raise InputError(f"{path}: not JSON ({e}); expected a list of ARCADE episodes") from e
   if not isinstance(episodes, list):
-    raise ValueError(f"{path}: expected a JSON list of episodes")
+    raise InputError(f"{path}: expected a JSON list of episodes")
   for i, ep in enumerate(episodes):
     for j, t in enumerate(ep.get("turns", None) or []):
       turn = t.get("turn", {})
       if "code" not in turn or "intent" not in turn:
-        raise ValueError(f"{path}: episode {i} ({ep.get('notebook_name')}) turn {j} lacks "
+        raise InputError(f"{path}: episode {i} ({ep.get('notebook_name')}) turn {j} lacks "
                          "turn.intent or turn.code")
     if "notebook_name" not in ep or "turns" not in ep:
-      raise ValueError(f"{path}: episode {i} lacks notebook_name or turns")
+      raise InputError(f"{path}: episode {i} lacks notebook_name or turns")
   return episodes
 
 
@@ -197,8 +201,13 @@ def load_answers(path: str, tasks_: Sequence[Task]) -> dict[str, list[str]]:
   with open(path) as f:
     for line_no, line in enumerate(f, 1):
       if line.strip():
-        r = json.loads(line)
-        if r.get("task_id") not in known:
-          raise KeyError(f"{path}:{line_no}: unknown task_id {r.get('task_id')!r}")
-        answers.setdefault(r["task_id"], []).append(r["code"])
+        try:
+          r = json.loads(line)
+          task_id, code = r.get("task_id"), r["code"]
+        except (json.JSONDecodeError, KeyError, AttributeError) as e:
+          raise InputError(f"{path}:{line_no}: expected {{'task_id', 'code'}} "
+                           f"({type(e).__name__}: {e})") from e
+        if task_id not in known:
+          raise InputError(f"{path}:{line_no}: unknown task_id {task_id!r}")
+        answers.setdefault(task_id, []).append(code)
   return answers

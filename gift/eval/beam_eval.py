@@ -147,7 +147,8 @@ def _sampler_handler(checkpoint: str, sampling: dict, stop: tuple):
       return [PredictionResult(ex, model.generate(
           list(ex[1]), n=sampling["n"], temperature=sampling["temperature"],
           top_p=sampling["top_p"], max_new_tokens=sampling["max_new_tokens"], stop=stop,
-          seed=sampling["seed"] + ex[0])) for ex in batch]
+          seed=sampling["seed"] + ex[0], chat_template=sampling.get("chat_template", False)))
+          for ex in batch]
 
     def batch_elements_kwargs(self):
       return {"min_batch_size": 1, "max_batch_size": 1}  # a chunk is already a batch

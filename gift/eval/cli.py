@@ -45,6 +45,9 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--timeout_s", type=float, default=60.0, help="per sandbox job")
     s.add_argument("--memory_mb", type=int, default=4096)
     s.add_argument("--no_progress", action="store_true")
+    s.add_argument("--chat_template", action="store_true",
+                   help="send prompts as user turns of the checkpoint tokenizer's chat template "
+                        "(instruct checkpoints)")
     s.add_argument("--runner", default="local", choices=("local", "beam"),
                    help="local: this machine's sandbox pool; beam: an Apache Beam pipeline, "
                    "grouped by problem (pip install 'gift[beam]')")
@@ -83,7 +86,7 @@ def _generator(args) -> tuple[Callable[[list[str], tuple[str, ...]], list[list[s
                   disable=args.no_progress):
       out += sampler.generate(prompts[i:i + chunk], n=args.n, temperature=args.temperature,
                               top_p=args.top_p, max_new_tokens=args.max_new_tokens, stop=stop,
-                              seed=args.seed + i)
+                              seed=args.seed + i, chat_template=args.chat_template)
     spent.append(time.perf_counter() - t0)
     return out
 
@@ -115,7 +118,8 @@ def _on_beam(args, bench, groups: list, rt: runtime_lib.RuntimeInfo, kinds: list
   from gift.eval import beam_eval  # Beam is imported only here
 
   sampling = dict(n=args.n, temperature=args.temperature, top_p=args.top_p,
-                  max_new_tokens=args.max_new_tokens, seed=args.seed)
+                  max_new_tokens=args.max_new_tokens, seed=args.seed,
+                  chat_template=args.chat_template)
   os.makedirs(args.workdir, exist_ok=True)
   out = beam_eval.run(bench, groups, kinds, _sandbox_kw(args, rt), args.beam_pipeline_options,
                       args.require_isolation, answers, args.checkpoint or "", sampling,
@@ -126,6 +130,7 @@ def _on_beam(args, bench, groups: list, rt: runtime_lib.RuntimeInfo, kinds: list
 def eval_ds1000(args) -> dict[str, Any]:
   """Scores answers or checkpoint samples on DS-1000 pandas; returns the results dict."""
   t0 = time.perf_counter()
+  answers = ds1000.load_answers(args.answers) if args.answers else None  # bad input: fail first
   problems = ds1000.load(args.dataset)
   problems = problems[:args.limit] if args.limit else problems
   rt = runtime_lib.resolve(args.runtime)
@@ -133,9 +138,7 @@ def eval_ds1000(args) -> dict[str, Any]:
   ks = tuple(int(k) for k in args.ks.split(","))
   progress = not args.no_progress
   runs, notes, sampling = {}, [], []
-  answers = kinds = None
-  if args.answers:
-    answers = ds1000.load_answers(args.answers)
+  if answers is not None:
     missing = [p.problem_id for p in problems if p.problem_id not in answers]
     answers = {p.problem_id: [ds1000.postprocess(c) for c in answers.get(p.problem_id, [""])]
                for p in problems}

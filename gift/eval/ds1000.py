@@ -32,6 +32,7 @@ import os
 import textwrap
 from typing import Any, Callable, Iterable, Sequence
 
+from gift import InputError
 from gift.data import prompts as prompts_lib
 from gift.execution.sandbox import Job, Sandbox, Verdict
 
@@ -99,7 +100,7 @@ def load(path: str = DEFAULT_PATH, ids: Iterable[int] | None = None) -> list[Pro
         meta = r["metadata"]
         pid = int(meta["problem_id"])
       except (json.JSONDecodeError, KeyError, TypeError) as e:
-        raise ValueError(f"{path}:{line_no}: not a DS-1000 record ({e})") from e
+        raise InputError(f"{path}:{line_no}: not a DS-1000 record ({e})") from e
       if keep is not None and pid not in keep:
         continue
       ctx, n, has_ts, names = _parse_harness(pid, r["code_context"], r["reference_code"])
@@ -153,7 +154,7 @@ def load_answers(path: str) -> dict[int, list[str]]:
         pid = int(r["metadata"]["problem_id"])
         code = r["code"]
       except (json.JSONDecodeError, KeyError, TypeError) as e:
-        raise ValueError(f"{path}:{line_no}: expected {{'code', 'metadata': {{'problem_id'}}}} "
+        raise InputError(f"{path}:{line_no}: expected {{'code', 'metadata': {{'problem_id'}}}} "
                          f"({type(e).__name__}: {e})") from e
       answers.setdefault(pid, []).append(code)
   return answers
