@@ -219,3 +219,12 @@ def test_sample_rows_full_vocabulary_nucleus_by_threshold():
   got = np.asarray(engine_lib.sample_rows(logits_bv, keys, jnp.zeros(2048, jnp.int32), ones,
                                           jnp.zeros(2048, jnp.int32), ones * 0.5))
   assert len(set(got.tolist())) > 400 and got.max() < v
+
+
+def test_serve_without_the_extra_says_how_to_install(monkeypatch):
+  import sys
+
+  from gift import serve
+  monkeypatch.setitem(sys.modules, "fastapi", None)  # as if not installed
+  with pytest.raises(SystemExit, match=r'fastapi is not installed.*pip install "gift\[serve\]"'):
+    serve.main(["--checkpoint", "x"])
