@@ -228,3 +228,23 @@ def test_serve_without_the_extra_says_how_to_install(monkeypatch):
   monkeypatch.setitem(sys.modules, "fastapi", None)  # as if not installed
   with pytest.raises(SystemExit, match=r'fastapi is not installed.*pip install "gift\[serve\]"'):
     serve.main(["--checkpoint", "x"])
+
+
+def test_an_engine_failure_ends_every_request_with_an_error(params, monkeypatch):
+  """No client hangs when the decode loop dies: running and waiting sequences end with the
+  error, and new requests are refused (the HTTP layer answers 500 / /health 503)."""
+  eng = Engine(CFG, params, TOK, **KW)
+
+  def boom(steps):
+    raise RuntimeError("device lost")
+
+  monkeypatch.setattr(eng, "_decode", boom)
+  eng.start()
+  try:
+    seqs = eng.submit(_prompts([5])[0], SamplingParams(max_tokens=10, temperature=0.0), n=20)
+    for s in seqs:  # 16 were admitted (prefilled), 4 still waited
+      assert s.done_event.wait(120) and s.finish == "error: RuntimeError: device lost"
+    with pytest.raises(engine_lib.EngineDead, match="device lost"):
+      eng.submit(_prompts([5])[0], SamplingParams(max_tokens=10))
+  finally:
+    eng.stop()
