@@ -352,30 +352,32 @@ def main() -> None:
       children["vllm"] = Child([os.path.join(venv, "bin", "python"), me, "--child", "vllm",
                                 hf_dir], vllm_env(venv, work),
                                os.path.join(work, "offline_vllm.log"))
-    print("\n### Offline batch throughput (output tokens/s; median over windows of the best of "
-          f"{args.repeats} runs; {args.offline_new_tokens} new tokens, prompts "
-          f"{args.offline_prompt_len[0]}-{args.offline_prompt_len[1]} tokens, EOS ignored)\n")
-    print("| batch | sampling | gift Sampler | vLLM LLM.generate | gift / vLLM |")
-    print("|---|---|---|---|---|")
-    for b in args.offline_batches:
-      for temp, top_p, label in ((0.0, 1.0, "greedy"), (0.8, 0.95, "T 0.8, top-p 0.95")):
-        job = dict(batch=b, prompts=make_prompts(b, *args.offline_prompt_len, seed=b),
-                   max_tokens=args.offline_new_tokens, temperature=temp, top_p=top_p,
-                   repeats=1)
-        for c in children.values():
-          c(job)  # warm-up (compilation)
-        best = {k: [] for k in children}
-        names = list(children)
-        for w in range(args.windows):
-          for name in names[w % len(names):] + names[:w % len(names)]:
-            r = children[name](dict(job, repeats=args.repeats))
-            best[name].append(r["tokens"] / min(r["times"]))
-        tps = {k: statistics.median(v) for k, v in best.items()}
-        g, v = tps["gift"], tps.get("vllm")
-        vs = (f"{v:,.0f} | {g / v:.2f}x") if v else "- | -"
-        print(f"| {b} | {label} | {g:,.0f} | {vs} |", flush=True)
-    for c in children.values():
-      c.close()
+    try:
+      print("\n### Offline batch throughput (output tokens/s; median over windows of the best of "
+            f"{args.repeats} runs; {args.offline_new_tokens} new tokens, prompts "
+            f"{args.offline_prompt_len[0]}-{args.offline_prompt_len[1]} tokens, EOS ignored)\n")
+      print("| batch | sampling | gift Sampler | vLLM LLM.generate | gift / vLLM |")
+      print("|---|---|---|---|---|")
+      for b in args.offline_batches:
+        for temp, top_p, label in ((0.0, 1.0, "greedy"), (0.8, 0.95, "T 0.8, top-p 0.95")):
+          job = dict(batch=b, prompts=make_prompts(b, *args.offline_prompt_len, seed=b),
+                     max_tokens=args.offline_new_tokens, temperature=temp, top_p=top_p,
+                     repeats=1)
+          for c in children.values():
+            c(job)  # warm-up (compilation)
+          best = {k: [] for k in children}
+          names = list(children)
+          for w in range(args.windows):
+            for name in names[w % len(names):] + names[:w % len(names)]:
+              r = children[name](dict(job, repeats=args.repeats))
+              best[name].append(r["tokens"] / min(r["times"]))
+          tps = {k: statistics.median(v) for k, v in best.items()}
+          g, v = tps["gift"], tps.get("vllm")
+          vs = (f"{v:,.0f} | {g / v:.2f}x") if v else "- | -"
+          print(f"| {b} | {label} | {g:,.0f} | {vs} |", flush=True)
+    finally:
+      for c in children.values():
+        c.close()
 
   if not args.skip_online:
     servers = {}

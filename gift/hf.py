@@ -922,8 +922,9 @@ def import_main(argv: list[str]) -> int:
   if args.max_seq_len:
     overrides["max_seq_len"] = args.max_seq_len
   cfg, params = import_hf(args.hf_dir, **overrides)
-  checkpoint.save_model(args.out, cfg, params, tokenizer_path=tokenizer_source(args.hf_dir))
   n = sum(x.size for x in _leaves(params))
+  params = _to_jax_leafwise(params)
+  checkpoint.save_model(args.out, cfg, params, tokenizer_path=tokenizer_source(args.hf_dir))
   print(f"imported {args.hf_dir} -> {args.out}: {n:,} params, {cfg}")
   return 0
 
@@ -954,6 +955,18 @@ def export_main(argv: list[str]) -> int:
             max_shard_bytes=int(args.max_shard_gb * (1 << 30)), architecture=args.architecture)
   print(f"exported {args.checkpoint} -> {args.out}")
   return 0
+
+
+def _to_jax_leafwise(tree: dict) -> dict:
+  """The numpy tree as jax arrays, one leaf at a time, each numpy array dropped once copied: the
+  checkpoint writer then holds one copy of the weights, not the numpy stacks beside its own."""
+  import jax
+  out = {}
+  for key in list(tree):
+    value = tree.pop(key)
+    out[key] = _to_jax_leafwise(value) if isinstance(value, dict) else jax.device_put(value)
+    del value
+  return out
 
 
 def _leaves(tree: Any) -> list:

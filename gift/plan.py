@@ -94,7 +94,7 @@ def format_plan(p: dict[str, Any], model_cfg) -> str:
       f"  AdamW state (f32)   {_gib(p['opt_state_bytes'])}",
       f"FLOPs per token       {p['flops_per_token']:.4g} = 6 x {p['matmul_params']:,} matmul "
       f"params + causal attention 6*L*T*N*H = {p['attention_flops_per_token']:.4g} "
-      f"(T={p['seq_len']})",
+      f"(T={p['seq_len']}{'; sliding layers see fewer keys' if any(m.sliding_layers) else ''})",
       f"FLOPs per step        {p['flops_per_step']:.4g} ({p['global_batch']} rows x "
       f"{p['seq_len']} tokens)",
       f"mesh                  {p['mesh']} = {p['num_devices']} devices",

@@ -549,10 +549,7 @@ def main(argv: list[str]) -> int:
   p.add_argument("--max_body_mb", type=float, default=8.0)
   p.add_argument("--log_level", default="warning")
   args = p.parse_args(argv)
-  try:
-    import uvicorn
-  except ImportError:
-    raise SystemExit('gift serve needs the serve extra: pip install "gift[serve]"') from None
+  import uvicorn
 
   logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
   name = args.served_model_name or os.path.basename(os.path.normpath(args.checkpoint))

@@ -18,7 +18,7 @@ pytest.importorskip("fastapi")
 uvicorn = pytest.importorskip("uvicorn")
 openai = pytest.importorskip("openai")
 
-from gift import sample  # noqa: E402
+from gift import checkpoint, sample  # noqa: E402
 from gift import tokenizer as tokenizer_lib  # noqa: E402
 from gift.model import presets, transformer  # noqa: E402
 from gift.serve import app as app_lib  # noqa: E402
@@ -308,3 +308,43 @@ def test_64_concurrent_requests_each_get_their_own_answer(served, sampler):
     got = list(pool.map(ask, range(64)))
   assert got == want
   _wait_idle(url)
+
+
+def test_chat_on_a_tokenizer_json_checkpoint_equals_gift_sample(qwen_tokenizer_dir, tmp_path):
+  """A checkpoint with a Hugging Face tokenizer.json and a chat template (Qwen-style, stop ids
+  <|im_end|> and <|endoftext|>): /v1/chat/completions equals `gift sample` with the template,
+  and text prompts get no BOS (the tokenizer adds none)."""
+  tok = tokenizer_lib.load(qwen_tokenizer_dir)
+  cfg = presets.get_preset("test_tiny", vocab_size=512, num_layers=2, max_seq_len=128)
+  params = jax.tree.map(lambda x: x * 3.0 if x.ndim > 2 else x,
+                        transformer.init_params(cfg, jax.random.key(1)))
+  ckpt = str(tmp_path / "ckpt")
+  checkpoint.save_model(ckpt, cfg, params, tokenizer_path=qwen_tokenizer_dir)
+  engine = Engine.from_checkpoint(ckpt, max_batch=16, max_seq_len=128, decode_steps=4,
+                                  prompt_buckets=(128,), extent_buckets=(128,)).start()
+  assert engine.stop_ids == tok.stop_ids
+  port = _free_port()
+  uv = uvicorn.Server(uvicorn.Config(app_lib.create_app(app_lib.Server(engine, "qwenish")),
+                                     host="127.0.0.1", port=port, log_level="warning"))
+  thread = threading.Thread(target=uv.run, daemon=True)
+  thread.start()
+  try:
+    while not uv.started:
+      assert thread.is_alive()
+      time.sleep(0.05)
+    client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none",
+                           max_retries=0)
+    ref = sample.Sampler(cfg, params, tok, batch_size=8, buckets=(128,))
+    prompt = "Sum column x."
+    want = ref.generate([prompt], max_new_tokens=16, chat_template=True)[0][0]
+    c = client.chat.completions.create(model="qwenish", max_tokens=16, temperature=0,
+                                       messages=[{"role": "user", "content": prompt}])
+    assert c.choices[0].message.content == want
+    assert c.usage.prompt_tokens == len(tokenizer_lib.prompt_ids(tok, prompt, chat=True))
+    r = client.completions.create(model="qwenish", prompt=prompt, max_tokens=16, temperature=0)
+    assert r.choices[0].text == ref.generate([prompt], max_new_tokens=16)[0][0]
+    assert r.usage.prompt_tokens == len(tok.encode(prompt))  # no BOS
+  finally:
+    uv.should_exit = True
+    thread.join(10)
+    engine.stop()

@@ -219,3 +219,32 @@ def test_sample_rows_full_vocabulary_nucleus_by_threshold():
   got = np.asarray(engine_lib.sample_rows(logits_bv, keys, jnp.zeros(2048, jnp.int32), ones,
                                           jnp.zeros(2048, jnp.int32), ones * 0.5))
   assert len(set(got.tolist())) > 400 and got.max() < v
+
+
+def test_serve_without_the_extra_says_how_to_install(monkeypatch):
+  import sys
+
+  from gift import serve
+  monkeypatch.setitem(sys.modules, "fastapi", None)  # as if not installed
+  with pytest.raises(SystemExit, match=r'fastapi is not installed.*pip install "gift\[serve\]"'):
+    serve.main(["--checkpoint", "x"])
+
+
+def test_an_engine_failure_ends_every_request_with_an_error(params, monkeypatch):
+  """No client hangs when the decode loop dies: running and waiting sequences end with the
+  error, and new requests are refused (the HTTP layer answers 500 / /health 503)."""
+  eng = Engine(CFG, params, TOK, **KW)
+
+  def boom(steps):
+    raise RuntimeError("device lost")
+
+  monkeypatch.setattr(eng, "_decode", boom)
+  eng.start()
+  try:
+    seqs = eng.submit(_prompts([5])[0], SamplingParams(max_tokens=10, temperature=0.0), n=20)
+    for s in seqs:  # 16 were admitted (prefilled), 4 still waited
+      assert s.done_event.wait(120) and s.finish == "error: RuntimeError: device lost"
+    with pytest.raises(engine_lib.EngineDead, match="device lost"):
+      eng.submit(_prompts([5])[0], SamplingParams(max_tokens=10))
+  finally:
+    eng.stop()
