@@ -55,7 +55,8 @@ def plan(cfg, num_devices: int | None = None) -> dict[str, Any]:
              + 2 * rows_dev * seq_len * model_cfg.vocab_size * 4 / sizes["tensor"])
   fpt = flops.train_flops_per_token(model_cfg, seq_len)
   return dict(
-      model=cfg.model.get("preset", ""), num_params=num_params,
+      model=f"init_from={cfg.init_from}" if cfg.get("init_from") else cfg.model.get("preset", ""),
+      num_params=num_params,
       matmul_params=flops.matmul_params(model_cfg),
       param_bytes=param_bytes, grad_bytes=param_bytes, opt_state_bytes=opt_bytes,
       flops_per_token=fpt, attention_flops_per_token=flops.attention_flops_per_token(
