@@ -411,6 +411,10 @@ def _write_starcoder2(cfg: ModelConfig) -> dict[str, Any]:
         qk_norm=False, sandwich_norms=False, attn_logit_softcap=0.0, final_logit_softcap=0.0,
         query_pre_attn_scalar=0.0, local_rope_theta=0.0, layer_types=(), o_bias=cfg.qkv_bias,
         mlp_bias=cfg.qkv_bias)
+  if cfg.head_dim * cfg.num_heads != cfg.d_model:  # transformers 4.5x derives it from D / N
+    raise Unsupported(f"Starcoder2ForCausalLM needs head_dim = d_model / num_heads, got "
+                      f"head_dim={cfg.head_dim} with d_model={cfg.d_model}, "
+                      f"num_heads={cfg.num_heads}")
   return dict(_rope_out(cfg), hidden_act=_ACT_NAMES[cfg.mlp_activation],
               norm_epsilon=cfg.norm_eps, use_bias=cfg.qkv_bias,
               sliding_window=cfg.sliding_window or None)
