@@ -91,7 +91,9 @@ def base_config() -> ConfigDict:
 
   c.sample = ConfigDict(dict(
       n=1, temperature=0.0, top_k=0, top_p=1.0, max_new_tokens=256,
-      stop=("# In[ ]:",), batch_size=8, prompt_buckets=(64, 128, 256, 512, 1024, 2048)))
+      stop=("# In[ ]:",), batch_size=8,
+      prompt_buckets=(32, 48, 64, 96, 128, 160, 192, 256, 320, 384, 512, 640, 768, 1024, 1536,
+                      2048)))
 
   c.synth = ConfigDict(dict(  # `gift build-data` (gift/synth/build.py)
       contexts=("bundled",),  # "bundled" and/or paths: CSV folders/files, .ipynb folders/files
