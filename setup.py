@@ -1,7 +1,7 @@
 """gift: grounded instruction fine-tuning of code LLMs in JAX/Flax."""
 from setuptools import find_packages, setup
 
-SERVE = ["fastapi>=0.110", "uvicorn>=0.29", "jinja2>=3.1"]
+SERVE = ["fastapi>=0.110", "uvicorn>=0.29"]
 
 setup(
     name="gift",

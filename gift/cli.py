@@ -20,7 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
   "build-data": ("gift.synth.build:main", "build GIFT records from executed samples"),
   "train": ("gift.train:main", "train or fine-tune a model from a config"),
   "sample": ("gift.sample:main", "sample completions from a checkpoint"),
-  "serve": ("gift.serve.app:main", "OpenAI-compatible HTTP server (needs gift[serve])"),
+  "serve": ("gift.serve:main", "OpenAI-compatible HTTP server (needs gift[serve])"),
   "eval": ("gift.eval.cli:main", "execution-based evaluation (DS-1000, ARCADE-style)"),
   "exec": ("gift.execution.cli:main", "run untrusted code in the sandbox, print a JSON verdict"),
   "runtime": ("gift.execution.runtime:main", "create a pinned evaluation runtime (virtualenv)"),

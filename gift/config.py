@@ -12,6 +12,7 @@ closest valid keys. The result is locked: no key can be added afterwards.
 from __future__ import annotations
 
 import ast
+import dataclasses
 import difflib
 import importlib.util
 import os
@@ -90,7 +91,9 @@ def base_config() -> ConfigDict:
 
   c.sample = ConfigDict(dict(
       n=1, temperature=0.0, top_k=0, top_p=1.0, max_new_tokens=256,
-      stop=("# In[ ]:",), batch_size=8, prompt_buckets=(64, 128, 256, 512, 1024, 2048)))
+      stop=("# In[ ]:",), batch_size=8,
+      prompt_buckets=(32, 48, 64, 96, 128, 160, 192, 256, 320, 384, 512, 640, 768, 1024, 1536,
+                      2048)))
 
   c.synth = ConfigDict(dict(  # `gift build-data` (gift/synth/build.py)
       contexts=("bundled",),  # "bundled" and/or paths: CSV folders/files, .ipynb folders/files
@@ -276,5 +279,40 @@ def open_recipe(cfg: ConfigDict) -> ConfigDict:
   return cfg
 
 
+# Model fields a run may choose freely (numerics, memory, kernels); the others are the model's
+# shape, which a checkpoint fixes.
+FREE_MODEL_FIELDS = ("dtype", "remat_policy", "scan_layers", "max_seq_len", "attention_impl")
+
+
 def model_config(cfg: ConfigDict) -> presets.ModelConfig:
-  return presets.ModelConfig.from_dict(cfg.model)
+  """The run's model: `config.model`, or with `init_from` the checkpoint's shape with
+  `config.model`'s numerics (see `model_from_checkpoint`)."""
+  stated = presets.ModelConfig.from_dict(cfg.model)
+  if not cfg.get("init_from"):
+    return stated
+  from gift import checkpoint
+  default = presets.ModelConfig.from_dict(base_config().model)
+  return model_from_checkpoint(stated, default, checkpoint.read_model_config(cfg.init_from),
+                               f"init_from={cfg.init_from}")
+
+
+def model_from_checkpoint(stated: presets.ModelConfig, default: presets.ModelConfig,
+                          ckpt: presets.ModelConfig, where: str) -> presets.ModelConfig:
+  """A fine-tuning run's model: `ckpt`'s shape with the run's numerics.
+
+  `stated` is config.model, `default` base_config()'s: a field config.model leaves at its default
+  is not stated. Shape fields come from the checkpoint; one that config.model states with another
+  value is an error naming it. Free fields (FREE_MODEL_FIELDS) come from config.model, except
+  max_seq_len, which keeps the checkpoint's unless stated.
+  """
+  fields = [f.name for f in dataclasses.fields(ckpt)]
+  bad = [k for k in fields if k not in FREE_MODEL_FIELDS
+         and getattr(stated, k) != getattr(default, k) and getattr(stated, k) != getattr(ckpt, k)]
+  if bad:
+    raise ConfigError(f"config.model contradicts {where}: " + ", ".join(
+        f"config.model.{k}={getattr(stated, k)!r} but the checkpoint has {k}="
+        f"{getattr(ckpt, k)!r}" for k in bad) + "; with init_from the shape comes from the "
+        "checkpoint: leave these unset (or set them to the checkpoint's values)")
+  free = {k: getattr(stated, k) for k in FREE_MODEL_FIELDS
+          if k != "max_seq_len" or stated.max_seq_len != default.max_seq_len}
+  return ckpt.replace(**free)

@@ -411,6 +411,10 @@ def _write_starcoder2(cfg: ModelConfig) -> dict[str, Any]:
         qk_norm=False, sandwich_norms=False, attn_logit_softcap=0.0, final_logit_softcap=0.0,
         query_pre_attn_scalar=0.0, local_rope_theta=0.0, layer_types=(), o_bias=cfg.qkv_bias,
         mlp_bias=cfg.qkv_bias)
+  if cfg.head_dim * cfg.num_heads != cfg.d_model:  # transformers 4.5x derives it from D / N
+    raise Unsupported(f"Starcoder2ForCausalLM needs head_dim = d_model / num_heads, got "
+                      f"head_dim={cfg.head_dim} with d_model={cfg.d_model}, "
+                      f"num_heads={cfg.num_heads}")
   return dict(_rope_out(cfg), hidden_act=_ACT_NAMES[cfg.mlp_activation],
               norm_epsilon=cfg.norm_eps, use_bias=cfg.qkv_bias,
               sliding_window=cfg.sliding_window or None)
@@ -942,8 +946,9 @@ def import_main(argv: list[str]) -> int:
   if args.max_seq_len:
     overrides["max_seq_len"] = args.max_seq_len
   cfg, params = import_hf(args.hf_dir, **overrides)
-  checkpoint.save_model(args.out, cfg, params, tokenizer_path=tokenizer_source(args.hf_dir))
   n = sum(x.size for x in _leaves(params))
+  params = _to_jax_leafwise(params)
+  checkpoint.save_model(args.out, cfg, params, tokenizer_path=tokenizer_source(args.hf_dir))
   print(f"imported {args.hf_dir} -> {args.out}: {n:,} params, {cfg}")
   return 0
 
@@ -987,6 +992,18 @@ def export_main(argv: list[str]) -> int:
             max_shard_bytes=int(args.max_shard_gb * (1 << 30)), architecture=args.architecture)
   print(f"exported {args.checkpoint} -> {args.out}")
   return 0
+
+
+def _to_jax_leafwise(tree: dict) -> dict:
+  """The numpy tree as jax arrays, one leaf at a time, each numpy array dropped once copied: the
+  checkpoint writer then holds one copy of the weights, not the numpy stacks beside its own."""
+  import jax
+  out = {}
+  for key in list(tree):
+    value = tree.pop(key)
+    out[key] = _to_jax_leafwise(value) if isinstance(value, dict) else jax.device_put(value)
+    del value
+  return out
 
 
 def _leaves(tree: Any) -> list:

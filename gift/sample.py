@@ -38,7 +38,10 @@ from gift.model import transformer
 from gift.model.presets import ModelConfig
 
 Array = jax.Array
-DEFAULT_BUCKETS = (64, 128, 256, 512, 1024, 2048)
+# Prompt-length buckets ~1.25-1.5x apart: with prompts sorted by length a batch pads to the next
+# one, and power-of-2 buckets left ~half of the prefill's slots padding for held-out evaluation
+# prompts (BENCHMARKS.md); each bucket used costs one prefill and one decode compilation.
+DEFAULT_BUCKETS = (32, 48, 64, 96, 128, 160, 192, 256, 320, 384, 512, 640, 768, 1024, 1536, 2048)
 
 
 class DecodeState(NamedTuple):

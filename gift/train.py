@@ -3,7 +3,7 @@
 One readable `train(cfg, workdir)`, top to bottom: devices -> model config and tokenizer -> mesh
 and shardings -> input pipeline -> optimizer and update step -> checkpoint (resume or init) ->
 loop (log, eval, save) -> final save. Fine-tuning (`init_from`) takes the model's shape and the
-tokenizer from the checkpoint; config.model then sets only numerics (`model_from_checkpoint`).
+tokenizer from the checkpoint; config.model then sets only numerics (`config.model_config`).
 Every process of a multi-host run executes the same code; process 0 alone writes metrics and the
 root files.
 
@@ -65,40 +65,15 @@ def main(argv: list[str]) -> int:
   return 0
 
 
-# Model fields a run may choose freely (numerics, memory, kernels): everything else is the
-# model's shape, which a checkpoint fixes.
-FREE_MODEL_FIELDS = ("dtype", "remat_policy", "scan_layers", "max_seq_len", "attention_impl")
-
-
 def _check_same_model(model_cfg, other, where: str) -> None:
   """The shape fields must agree (numerics such as dtype or remat may differ)."""
+  from gift.config import FREE_MODEL_FIELDS as free
   diff = {f.name: (getattr(other, f.name), getattr(model_cfg, f.name))
-          for f in dataclasses.fields(model_cfg) if f.name not in FREE_MODEL_FIELDS
+          for f in dataclasses.fields(model_cfg) if f.name not in free
           and getattr(other, f.name) != getattr(model_cfg, f.name)}
   if diff:
     raise ValueError(f"model config does not match {where}: " + ", ".join(
         f"{k}: {a!r} there vs {b!r} in config.model" for k, (a, b) in sorted(diff.items())))
-
-
-def model_from_checkpoint(stated: Any, default: Any, ckpt: Any, where: str) -> Any:
-  """The model of a fine-tuning run: `ckpt`'s shape with the run's numerics.
-
-  `stated` is config.model, `default` base_config()'s (a field config.model leaves at its default
-  is not stated). Shape fields come from the checkpoint; one that config.model states with
-  another value is an error naming it. Free fields (FREE_MODEL_FIELDS) come from config.model,
-  except max_seq_len, which keeps the checkpoint's unless stated.
-  """
-  bad = [f.name for f in dataclasses.fields(ckpt) if f.name not in FREE_MODEL_FIELDS
-         and getattr(stated, f.name) != getattr(default, f.name)
-         and getattr(stated, f.name) != getattr(ckpt, f.name)]
-  if bad:
-    raise ValueError(f"config.model contradicts {where}: " + ", ".join(
-        f"config.model.{k}={getattr(stated, k)!r} but the checkpoint has {k}="
-        f"{getattr(ckpt, k)!r}" for k in bad) + "; with init_from the shape comes from the "
-        "checkpoint: leave these unset (or set them to the checkpoint's values)")
-  free = {k: getattr(stated, k) for k in FREE_MODEL_FIELDS
-          if k != "max_seq_len" or stated.max_seq_len != default.max_seq_len}
-  return ckpt.replace(**free)
 
 
 def train(cfg: Any, workdir: str) -> dict[str, Any]:
@@ -132,19 +107,17 @@ def train(cfg: Any, workdir: str) -> dict[str, Any]:
   # -------------------------------------------------------------------------------------------
   # Model config and tokenizer (fine-tuning takes both from `init_from` unless overridden).
   # -------------------------------------------------------------------------------------------
-  model_cfg = config_lib.model_config(cfg)
+  model_cfg = config_lib.model_config(cfg)  # with init_from: the checkpoint's shape
   lcfg = lora_lib.config_of(cfg)  # LoRA/QLoRA: the trained `params` are the adapters only
   if lcfg is not None and not cfg.init_from:
     raise ValueError(f"train.peft={lcfg.peft!r} adapts a base model: set config.init_from to a "
                      "gift checkpoint (e.g. from `gift import-hf`)")
-  if cfg.init_from:
-    model_cfg = model_from_checkpoint(
-        model_cfg, config_lib.model_config(config_lib.base_config()),
-        ckpt_lib.read_model_config(cfg.init_from), f"init_from={cfg.init_from}")
   if os.path.exists(os.path.join(workdir, ckpt_lib.MODEL_CONFIG)):
     _check_same_model(model_cfg, ckpt_lib.read_model_config(workdir), f"the workdir {workdir}")
   tok_path = cfg.tokenizer or (ckpt_lib.tokenizer_path(cfg.init_from) if cfg.init_from else None)
   tok = tokenizer_lib.load(tok_path or None, vocab_size=model_cfg.vocab_size)
+  if cfg.data.chat_template:
+    tokenizer_lib.chat_frame(tok)  # fails now, naming the tokenizer, if it has no template
   ckpt_lib.write_root(workdir, model_cfg, tok.path, cfg.to_dict())
   if lcfg is not None:
     from gift import peft_io

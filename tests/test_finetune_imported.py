@@ -4,6 +4,7 @@ import json
 import os
 import shutil
 
+import pandas as pd
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -14,6 +15,8 @@ from gift import config as gc  # noqa: E402
 from gift import sample as sample_lib  # noqa: E402
 from gift import tokenizer as tokenizer_lib  # noqa: E402
 from gift import train as train_lib  # noqa: E402
+from gift.synth import backends, contexts  # noqa: E402
+from gift.synth.templates import Intent  # noqa: E402
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja",
                    "generation_config.json")
@@ -67,11 +70,17 @@ def test_contradicting_shape_override_is_an_error_naming_the_field(imported, tmp
                                        r"num_layers=3"):
     train_lib.train(cfg, str(tmp_path / "run"))
   assert not os.path.exists(tmp_path / "run" / "model_config.json")
+  # What `gift plan` and the trainer see for a config that states no shape: the checkpoint's.
+  ckpt = checkpoint.read_model_config(str(imported / "ckpt"))
+  assert gc.model_config(_config(imported)) == ckpt
+  assert gc.model_config(_config(imported, ("model.dtype", "bfloat16"),
+                                 ("model.d_model", 48))) == ckpt.replace(dtype="bfloat16")
 
 
 def test_train_sample_export_without_stating_the_shape(imported, capsys):
   """`gift train` from the imported checkpoint with a config that states no shape (the chat
-  template on), `gift sample` (plain and chat) from the run, `gift export-hf` of it."""
+  template on), `gift sample` (plain and chat) and the build-data gift backend from the run,
+  `gift export-hf` of it."""
   workdir = str(imported / "run")
   cfg = _config(imported, ("model.max_seq_len", 128), ("data.chat_template", True))
   train_lib.train(cfg, workdir)
@@ -91,6 +100,14 @@ def test_train_sample_export_without_stating_the_shape(imported, capsys):
   assert [len(x["completions"]) for x in lines] == [1, 1]
   assert all(isinstance(x["completions"][0], str) for x in lines)
 
+  # `gift build-data`'s gift backend samples the run through the same tokenizer and template.
+  coder = backends.GiftBackend(workdir, temperature=0.0, max_tokens=6, chat_template=True)
+  frame = pd.DataFrame({"units": [1, 2, 3]})
+  ctx = contexts.Context("t/x", [("code", "df.head()", "")], contexts.PRELUDE, {"df": frame},
+                         "csv", inputs={"df": frame})
+  codes = coder.codes(ctx, [Intent("t/x", 0, "llm", "Sum the units.")], 2, 0)
+  assert [len(c) for c in codes] == [2] and all(isinstance(c, str) for c in codes[0])
+
   out = str(imported / "export")
   assert hf.export_main(["--checkpoint", workdir, "--out", out]) == 0
   for name in TOKENIZER_FILES:
@@ -101,3 +118,15 @@ def test_train_sample_export_without_stating_the_shape(imported, capsys):
   assert ours.encode(text) == theirs.encode(text, add_special_tokens=False)
   with open(os.path.join(out, "config.json")) as f:
     assert json.load(f)["eos_token_id"] == ours.eos_id
+
+
+@pytest.mark.slow  # the DS-1000 oracle runs in the sandbox: ~30-60 s on 2 cores
+def test_eval_ds1000_with_the_chat_template(imported, shared_dir):
+  from gift.eval import cli
+  work = imported / "eval"
+  data = str(shared_dir / "datasets" / "ds1000" / "ds1000_pandas.jsonl")
+  assert cli.main(["ds1000", "--dataset", data, "--checkpoint", str(imported / "ckpt"),
+                   "--chat_template", "--max_new_tokens", "4", "--limit", "2",
+                   "--workdir", str(work), "--no_progress", "--num_workers", "1"]) == 0
+  results = json.loads((work / "results.json").read_text())
+  assert results["oracle"]["total"] == 2 and list(results["runs"]) == ["none"]

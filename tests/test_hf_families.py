@@ -152,7 +152,9 @@ def test_logits_match_transformers_full_sequence_and_kv_cache(built, family):
   np.testing.assert_array_less(np.abs(np.concatenate(got, axis=1) - ref), 1e-4)
 
 
-@pytest.mark.parametrize("family", ["gemma2", "qwen2", "gemma3", "llama3"])
+@pytest.mark.parametrize("family", ["gemma2", "gemma3",
+                                    pytest.param("qwen2", marks=pytest.mark.slow),
+                                    pytest.param("llama3", marks=pytest.mark.slow)])
 def test_each_trap_changes_the_logits(built, family):
   """The checks above are not vacuous: turning the family's feature off moves the logits."""
   model, _, (cfg, params) = built(family)
@@ -247,3 +249,39 @@ def test_train_step_from_imported_checkpoint(built, family):
 @pytest.mark.parametrize("family", sorted(set(FAMILIES) - {"gemma3"}))
 def test_train_step_from_imported_checkpoint_all_families(built, family):
   _train_step_moves_weights(built, family)
+
+
+@pytest.mark.parametrize("layout", ["v4", pytest.param("v5", marks=pytest.mark.slow)])
+def test_gemma3_multimodal_checkpoint_imports_its_text_tower(tmp_path, layout):
+  """Gemma3ForConditionalGeneration: the decoder under `language_model.model.` (as
+  save_pretrained writes it) or `model.language_model.` (transformers v5's module names),
+  text_config read, the vision tower skipped; exported as Gemma3ForCausalLM."""
+  from safetensors.numpy import load_file, save_file
+  text = dict(SHAPE, num_key_value_heads=1, head_dim=16, sliding_window=4,
+              layer_types=["sliding_attention", "full_attention"])
+  vision = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+                image_size=28, patch_size=14)
+  cfg = transformers.Gemma3Config(text_config=text, vision_config=vision, mm_tokens_per_image=4,
+                                  image_token_index=V - 1, boi_token_index=V - 3,
+                                  eoi_token_index=V - 2)
+  model = transformers.Gemma3ForConditionalGeneration(cfg).eval()
+  _randomize(model)
+  path = str(tmp_path / "mm")
+  model.save_pretrained(path)
+  file = os.path.join(path, "model.safetensors")
+  tensors = load_file(file)
+  assert any(k.startswith("vision_tower.") for k in tensors)
+  if layout == "v5":
+    tensors = {k.replace("language_model.model.", "model.language_model."): v
+               for k, v in tensors.items()}
+    save_file(tensors, file, metadata={"format": "pt"})
+  cfg_g, params = hf.import_hf(path)
+  assert cfg_g.qk_norm and cfg_g.tie_embeddings and cfg_g.local_rope_theta == 1e4
+  tokens = _tokens(t=10) % (V - 3)  # no image tokens
+  ref = _hf_logits(model, tokens)
+  np.testing.assert_array_less(np.abs(_gift_logits(cfg_g, params, tokens) - ref), 1e-4)
+  out = str(tmp_path / "text_only")
+  hf.export_hf(cfg_g, params, out)
+  reloaded = transformers.AutoModelForCausalLM.from_pretrained(out, attn_implementation="eager")
+  assert type(reloaded).__name__ == "Gemma3ForCausalLM"
+  np.testing.assert_array_less(np.abs(_hf_logits(reloaded.eval(), tokens) - ref), 1e-5)

@@ -36,6 +36,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from gift import tokenizer as tokenizer_lib
 from gift.serve import engine as engine_lib
 
 log = logging.getLogger(__name__)
@@ -210,8 +211,8 @@ class Server:
                                      logprobs=logprobs, ignore_eos=req.ignore_eos)
 
   def encode(self, text: str) -> list[int]:
-    """BOS + the text's ids, as `gift sample` feeds a prompt."""
-    return [self.tokenizer.bos_id] + self.tokenizer.encode(text)
+    """The prompt's ids as `gift sample` feeds them: BOS (if the tokenizer adds one) + text."""
+    return tokenizer_lib.prompt_ids(self.tokenizer, text)
 
   # -- running --------------------------------------------------------------------------------
   def submit(self, items: list[tuple[list[int], engine_lib.SamplingParams]], n: int,
@@ -294,26 +295,6 @@ def _chat_logprobs(infos: list[engine_lib.TokenInfo], tokenizer) -> dict:
     return {"token": text, "logprob": lp, "bytes": list(text.encode("utf-8"))}
   return {"content": [dict(entry(i.text, i.logprob), top_logprobs=[
       entry(tokenizer.decode([t]), lp) for t, lp in i.top or []]) for i in infos]}
-
-
-def _render_chat(tokenizer, messages: list[dict]) -> str:
-  """The prompt text of `messages` by the tokenizer's chat template: gift.tokenizer's
-  `render_chat` where it exists, else the template rendered as Hugging Face does (a sandboxed
-  Jinja2 environment given messages, add_generation_prompt and the special tokens' text)."""
-  from gift import tokenizer as tokenizer_lib
-  render = getattr(tokenizer_lib, "render_chat", None)
-  if render is not None:
-    return render(tokenizer, messages, add_generation_prompt=True)
-  from jinja2.sandbox import ImmutableSandboxedEnvironment
-
-  def raise_exception(message):
-    raise ValueError(message)
-
-  env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
-  env.globals["raise_exception"] = raise_exception
-  special = {name: getattr(tokenizer, name, "") for name in ("bos_token", "eos_token")}
-  return env.from_string(tokenizer.chat_template).render(
-      messages=messages, add_generation_prompt=True, **special)
 
 
 def _sse(obj: Any) -> str:
@@ -413,7 +394,7 @@ def create_app(server: Server) -> FastAPI:
             if req.logprobs is not None and infos:
               lp = _completion_logprobs(infos, tok, offsets[i])
             offsets[i] += len(delta)
-            if delta or lp or finish:
+            if delta or infos or finish:  # a chunk per decode chunk, text or not
               yield _sse(chunk([{"index": i, "text": delta, "logprobs": lp,
                                  "finish_reason": _finish_reason(finish)}]))
           if include_usage:
@@ -461,14 +442,11 @@ def create_app(server: Server) -> FastAPI:
                          param="messages", code="unsupported")
         content = "".join(part["text"] for part in content)
       messages.append({"role": m.role, "content": content or ""})
-    try:
-      text = _render_chat(tok, messages)
+    try:  # the template's special tokens become ids; no BOS beyond what the template writes
+      ids = tokenizer_lib.encode_chat(tok, messages, add_generation_prompt=True)
     except Exception as e:  # a template error names the problem (e.g. roles must alternate)
       raise ApiError(400, f"the chat template failed on these messages: {e}",
                      param="messages") from None
-    ids = tok.encode(text)
-    if not ids or ids[0] != tok.bos_id:
-      ids = [tok.bos_id] + ids
     max_tokens = req.max_completion_tokens or req.max_tokens
     if max_tokens is None:
       max_tokens = max(1, server.engine.max_seq_len - len(ids))
@@ -495,7 +473,7 @@ def create_app(server: Server) -> FastAPI:
                                "logprobs": None, "finish_reason": None}]))
           async for i, delta, infos, finish in server.events(request, seqs, queue):
             lp = _chat_logprobs(infos, tok) if req.logprobs and infos else None
-            if delta or lp or finish:
+            if delta or infos or finish:  # a chunk per decode chunk, text or not
               yield _sse(chunk([{"index": i, "delta": {"content": delta} if delta else {},
                                  "logprobs": lp, "finish_reason": _finish_reason(finish)}]))
           if include_usage:
@@ -571,10 +549,7 @@ def main(argv: list[str]) -> int:
   p.add_argument("--max_body_mb", type=float, default=8.0)
   p.add_argument("--log_level", default="warning")
   args = p.parse_args(argv)
-  try:
-    import uvicorn
-  except ImportError:
-    raise SystemExit('gift serve needs the serve extra: pip install "gift[serve]"') from None
+  import uvicorn
 
   logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
   name = args.served_model_name or os.path.basename(os.path.normpath(args.checkpoint))
@@ -583,8 +558,8 @@ def main(argv: list[str]) -> int:
       args.checkpoint, mesh=_mesh(args.mesh), step=args.step, max_batch=args.max_batch,
       max_seq_len=args.max_seq_len, max_queue=args.max_queue, decode_steps=args.decode_steps,
       max_prefill_tokens=args.max_prefill_tokens)
-  engine.start()
   engine.warmup()
+  engine.start()
   server = Server(engine, name, args.api_key, max_n=args.max_n,
                   max_body_bytes=int(args.max_body_mb * (1 << 20)))
   app = create_app(server)

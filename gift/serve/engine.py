@@ -26,12 +26,15 @@ tokenizer's other stop ids) or at their `max_tokens`; stop strings are matched o
 (text, not tokens) between chunks.
 
 Joining. Waiting sequences are taken in arrival order up to the free slots, grouped by prompt
-length bucket and prefilled together (`_prefill_insert`: one `transformer.apply` over the group
-into a fresh cache of P slots, the first token sampled from the last prompt position, then each
-row's keys/values written into its slot with `dynamic_update_slice`), all under one jit per
-(rows, P, W) with the slot state donated. A finished or cancelled sequence's slot is free for
-the next admission at once; stale keys/values beyond a row's length are masked by its segment
-ids (reset to 0 past the prompt on insertion).
+length bucket and prefilled together (`_prefill`: one `transformer.apply` over the group into a
+fresh cache of P slots, the first token sampled from the last prompt position; jit per (U, P));
+then `_insert` writes each row's keys/values into its slot with `dynamic_update_slice` (jit per
+(U, P, W), the slot state donated, no model inside, so cheap to compile). The lowest free slot
+is taken first, so live sequences gather in the low slots, and a decode call runs over the
+smallest bucket of leading slots (`row_buckets`) that holds them all: at low traffic a step
+costs what its sequences need, not `max_batch` rows. A finished or cancelled sequence's slot
+is free for the next admission at once; stale keys/values beyond a row's length are masked by
+its segment ids (reset to 0 past the prompt on insertion).
 
 Sampling (`sample_rows`) is per row: greedy rows take the argmax of the logits, as
 `gift.sample.Sampler` does, so greedy output equals `gift sample`'s whatever else is in the
@@ -272,14 +275,12 @@ def _decode(cfg: ModelConfig, params: Any, state: SlotState, alive_b: Array, num
   return state, out
 
 
-def _prefill_insert(cfg: ModelConfig, params: Any, state: SlotState, tokens_up: Array,
-                    length_u: Array, slot_u: Array, seed_u: Array, choice_u: Array,
-                    budget_u: Array, temperature_u: Array, top_k_u: Array, top_p_u: Array,
-                    logprobs_u: Array, stop_eos_u: Array, *, stop_ids: tuple[int, ...]
-                    ) -> tuple[SlotState, StepOut]:
-  """Prefills U right-padded prompts [U, P] (P <= W) together, samples each one's first token
-  and writes row u into slot slot_u[u]. Padding rows repeat a real row (same slot, same values).
-  Returns the state and the first tokens as a StepOut with K = 1."""
+def _prefill(cfg: ModelConfig, params: Any, tokens_up: Array, length_u: Array, seed_u: Array,
+             choice_u: Array, temperature_u: Array, top_k_u: Array, top_p_u: Array,
+             logprobs_u: Array) -> tuple[transformer.KVCache, Array, Array, StepOut]:
+  """Prefills U right-padded prompts [U, P] together and samples each one's first token.
+  Returns (their cache of P slots, segment ids [U, P], keys [U], first tokens as a StepOut
+  with K = 1). Compiled per (U, P), whatever the slot state's extent."""
   u, p = tokens_up.shape
   segment_up = (jnp.arange(p)[None] < length_u[:, None]).astype(jnp.int32)
   positions_up = jnp.broadcast_to(jnp.arange(p, dtype=jnp.int32), (u, p))
@@ -290,12 +291,22 @@ def _prefill_insert(cfg: ModelConfig, params: Any, state: SlotState, tokens_up: 
   zero_u = jnp.zeros((u,), jnp.int32)
   first_u = sample_rows(logits_uv, keys_u, zero_u, temperature_u, top_k_u, top_p_u)
   lp_u, top_ids_un, top_lp_un = _logprobs(logits_uv, first_u, logprobs_u)
+  return cache, segment_up, keys_u, StepOut(first_u[:, None], lp_u[:, None],
+                                            top_ids_un[:, None], top_lp_un[:, None])
 
+
+def _insert(state: SlotState, cache: transformer.KVCache, segment_up: Array, keys_u: Array,
+            first_u: Array, length_u: Array, slot_u: Array, budget_u: Array,
+            temperature_u: Array, top_k_u: Array, top_p_u: Array, logprobs_u: Array,
+            stop_eos_u: Array, *, stop_ids: tuple[int, ...]) -> SlotState:
+  """Writes prefilled row u into slot slot_u[u] (P <= W) with dynamic_update_slice; padding
+  rows repeat a real row (same slot, same values). Compiled per (U, P, W): no model inside."""
+  u, p = segment_up.shape
   w = state.cache.segment_ids.shape[1]
   k, v, segment_bw = list(state.cache.k), list(state.cache.v), state.cache.segment_ids
   for r in range(u):  # u is small and static: one in-place slice write per row and layer
     at = (slot_u[r], 0, 0, 0)
-    for layer in range(cfg.num_layers):
+    for layer in range(len(k)):
       k[layer] = jax.lax.dynamic_update_slice(k[layer], cache.k[layer][r][None], at)
       v[layer] = jax.lax.dynamic_update_slice(v[layer], cache.v[layer][r][None], at)
     row_w = jnp.pad(segment_up[r], (0, w - p))
@@ -303,14 +314,28 @@ def _prefill_insert(cfg: ModelConfig, params: Any, state: SlotState, tokens_up: 
   s = state
   put = lambda x_b, x_u: x_b.at[slot_u].set(x_u)
   done_u = (stop_eos_u & _is_stop(first_u, stop_ids)) | (budget_u <= 1)
-  state = SlotState(
+  return SlotState(
       transformer.KVCache(tuple(k), tuple(v), segment_bw, s.cache.index),
-      put(s.last_b, first_u), put(s.pos_b, length_u), put(s.step_b, zero_u + 1),
+      put(s.last_b, first_u), put(s.pos_b, length_u), put(s.step_b, jnp.ones_like(length_u)),
       put(s.budget_b, budget_u), put(s.done_b, done_u), put(s.keys_b, keys_u),
       put(s.temperature_b, temperature_u), put(s.top_k_b, top_k_u), put(s.top_p_b, top_p_u),
       put(s.logprobs_b, logprobs_u), put(s.stop_eos_b, stop_eos_u))
-  return state, StepOut(first_u[:, None], lp_u[:, None], top_ids_un[:, None],
-                        top_lp_un[:, None])
+
+
+def _decode_rows(cfg: ModelConfig, params: Any, state: SlotState, alive_b: Array,
+                 num_steps: Array, *, rows: int, max_steps: int, stop_ids: tuple[int, ...]
+                 ) -> tuple[SlotState, StepOut]:
+  """`_decode` of slots [0, rows) only (the engine fills the lowest free slots first, so the
+  live ones gather there): the step's work follows the traffic, not `max_batch`. The rows'
+  state is sliced out and written back once per call, not per step."""
+  b = state.last_b.shape[0]
+  kw = dict(max_steps=max_steps, stop_ids=stop_ids)
+  if rows == b:
+    return _decode(cfg, params, state, alive_b, num_steps, **kw)
+  head = jax.tree.map(lambda x: x[:rows] if x.ndim else x, state)
+  head, out = _decode(cfg, params, head, alive_b[:rows], num_steps, **kw)
+  state = jax.tree.map(lambda x, h: x.at[:rows].set(h) if x.ndim else h, state, head)
+  return state, out
 
 
 def _resize(state: SlotState, w: int) -> SlotState:
@@ -328,10 +353,10 @@ def _resize(state: SlotState, w: int) -> SlotState:
       c.index))
 
 
-_decode_jit = jax.jit(_decode, static_argnums=0, donate_argnums=(2,),
-                      static_argnames=("max_steps", "stop_ids"))
-_prefill_insert_jit = jax.jit(_prefill_insert, static_argnums=0, donate_argnums=(2,),
-                              static_argnames=("stop_ids",))
+_decode_jit = jax.jit(_decode_rows, static_argnums=0, donate_argnums=(2,),
+                      static_argnames=("rows", "max_steps", "stop_ids"))
+_prefill_jit = jax.jit(_prefill, static_argnums=0)
+_insert_jit = jax.jit(_insert, donate_argnums=(0,), static_argnames=("stop_ids",))
 _resize_jit = jax.jit(_resize, static_argnums=1)  # shapes change: nothing to donate
 
 
@@ -390,6 +415,9 @@ class Engine:
       self._rows = sharding.batch_sharding(mesh)
       dp = mesh.shape.get("data", 1) * mesh.shape.get("fsdp", 1)
     self.max_batch = -(-max_batch // dp) * dp
+    # Decode steps run over the lowest `rows` slots: a few sizes, each a multiple of dp.
+    self.row_buckets = tuple(r for r in _pow2_up_to(dp, self.max_batch)
+                             if r >= min(8, self.max_batch))
     if all(x.dtype == dtype for x in jax.tree.leaves(params)):
       params = jax.device_put(params, shardings)
     else:
@@ -514,12 +542,29 @@ class Engine:
     if self._thread is not None:
       self._thread.join(timeout_s)
 
-  def warmup(self, prompt_lengths: Sequence[int] = (8,)) -> None:
-    """Compiles the decode step and prefills of the given lengths before the first request (a
-    greedy request of 2 tokens per length, run to completion)."""
-    lengths = [min(n, self.max_seq_len - 2) for n in prompt_lengths]
-    self.generate([[self.tokenizer.bos_id] * max(1, n) for n in lengths],
-                  SamplingParams(max_tokens=2, temperature=0.0))
+  def warmup(self, prompt_lengths: Sequence[int] | None = None) -> None:
+    """Compiles before the first request: the decode step for every (rows, extent) bucket,
+    and prefills of one prompt per prompt bucket (default: the buckets up to 512 tokens);
+    prefills of several prompts at once compile when first needed. Call before start()."""
+    alive_b = self._put(np.zeros(self.max_batch, bool))
+    for w in self.extent_buckets:
+      self._ensure_extent(w)
+      for rows in self.row_buckets:
+        self._state, _ = _decode_jit(self.cfg, self.params, self._state, alive_b, jnp.int32(1),
+                                     rows=rows, max_steps=self.decode_steps,
+                                     stop_ids=self.stop_ids)
+    self._ensure_extent(1)
+    if prompt_lengths is None:
+      prompt_lengths = [p for p in self.prompt_buckets if p <= 512]
+    for n in prompt_lengths:
+      n = min(n, self.max_seq_len - 1)
+      out = _prefill_jit(self.cfg, self.params, jnp.zeros((1, n), jnp.int32),
+                         jnp.ones((1,), jnp.int32), jnp.zeros((1,), jnp.uint32),
+                         jnp.zeros((1,), jnp.int32), jnp.zeros((1,), jnp.float32),
+                         jnp.zeros((1,), jnp.int32), jnp.ones((1,), jnp.float32),
+                         jnp.zeros((1,), bool))
+      jax.block_until_ready(out)
+    jax.block_until_ready(self._state)
 
   # ---------------------------------------------------------------------------------------------
   # The engine thread.
@@ -639,22 +684,24 @@ class Engine:
     tokens_up = np.full((u, p), self.pad_id, np.int32)
     for r, s in enumerate(rows):
       tokens_up[r, :len(s.prompt_ids)] = s.prompt_ids
-    col = lambda f, dtype: np.asarray([f(s) for s in rows], dtype)
+    col = lambda f, dtype: jnp.asarray(np.asarray([f(s) for s in rows], dtype))
     sp = lambda s: s.params
-    self._state, out = _prefill_insert_jit(
-        self.cfg, self.params, self._state, jnp.asarray(tokens_up),
-        jnp.asarray(col(lambda s: len(s.prompt_ids), np.int32)),
-        jnp.asarray(col(lambda s: s.slot, np.int32)), jnp.asarray(col(lambda s: s.seed,
-                                                                      np.uint32)),
-        jnp.asarray(col(lambda s: s.choice, np.int32)),
-        jnp.asarray(col(lambda s: sp(s).max_tokens, np.int32)),
-        jnp.asarray(col(lambda s: sp(s).temperature, np.float32)),
-        jnp.asarray(col(lambda s: sp(s).top_k, np.int32)),
-        jnp.asarray(col(lambda s: sp(s).top_p, np.float32)),
-        jnp.asarray(col(lambda s: sp(s).logprobs is not None, bool)),
-        jnp.asarray(col(lambda s: not sp(s).ignore_eos, bool)), stop_ids=self.stop_ids)
+    length_u = col(lambda s: len(s.prompt_ids), np.int32)
+    temperature_u = col(lambda s: sp(s).temperature, np.float32)
+    top_k_u = col(lambda s: sp(s).top_k, np.int32)
+    top_p_u = col(lambda s: sp(s).top_p, np.float32)
+    logprobs_u = col(lambda s: sp(s).logprobs is not None, bool)
+    cache, segment_up, keys_u, out = _prefill_jit(
+        self.cfg, self.params, jnp.asarray(tokens_up), length_u,
+        col(lambda s: s.seed, np.uint32), col(lambda s: s.choice, np.int32), temperature_u,
+        top_k_u, top_p_u, logprobs_u)
+    self._state = _insert_jit(
+        self._state, cache, segment_up, keys_u, out.tokens_bk[:, 0], length_u,
+        col(lambda s: s.slot, np.int32), col(lambda s: sp(s).max_tokens, np.int32),
+        temperature_u, top_k_u, top_p_u, logprobs_u,
+        col(lambda s: not sp(s).ignore_eos, bool), stop_ids=self.stop_ids)
     self.stats["prefills"] += 1
-    self._take_output(group, jax.device_get(out), [r for r in range(len(group))])
+    self._take_output(group, jax.device_get(out), list(range(len(group))))
 
   def _decode(self, steps: int) -> None:
     with self._lock:
@@ -663,8 +710,9 @@ class Engine:
     alive_b = np.zeros(self.max_batch, bool)
     for s in live:
       alive_b[s.slot] = True
+    rows = _bucket(max(s.slot for s in live) + 1, self.row_buckets)
     self._state, out = _decode_jit(self.cfg, self.params, self._state, self._put(alive_b),
-                                   jnp.int32(steps), max_steps=self.decode_steps,
+                                   jnp.int32(steps), rows=rows, max_steps=self.decode_steps,
                                    stop_ids=self.stop_ids)
     self.stats["decode_calls"] += 1
     self._take_output(live, jax.device_get(out), [s.slot for s in live])
@@ -715,15 +763,21 @@ class Engine:
     prefix = tok.decode(ids[s.prefix_offset:s.read_offset])
     end, full = len(ids), tok.decode(ids[s.prefix_offset:])
     if full.endswith("\ufffd") and not finishing:
-      for k in range(1, min(3, len(ids) - s.read_offset) + 1):
-        shorter = tok.decode(ids[s.prefix_offset:len(ids) - k])
-        if not shorter.endswith("\ufffd"):
-          end, full = len(ids) - k, shorter
+      # Hold back the last tokens while they may still complete a character: commit the
+      # longest text that agrees with `full` and does not end in U+FFFD, else all but the
+      # last 3 tokens (a replacement char older than that is final), else nothing.
+      lo = max(s.read_offset, len(ids) - 3)
+      end, held = s.read_offset, prefix
+      for j in range(len(ids) - 1, lo - 1, -1):
+        t = tok.decode(ids[s.prefix_offset:j])
+        if full.startswith(t) and (not t.endswith("\ufffd") or j == lo):
+          end, held = j, t
           break
+      full = held
     if len(full) > len(prefix) and full.startswith(prefix):
       s.text += full[len(prefix):]
       s.prefix_offset, s.read_offset = s.read_offset, end
-    elif finishing:
+    elif finishing and full != prefix:
       s.text = tok.decode(ids)
     stop = s.params.stop
     if not stop:

@@ -69,3 +69,38 @@ def test_codex002_rescored_on_beam_in_the_pinned_runtime(tmp_path, shared_dir):
   out = json.loads((work / "results.json").read_text())
   assert out["oracle"] == {"passed": 291, "total": 291, "rate": 1.0}
   assert sum(c for _, c in out["runs"]["answers"]["per_problem"].values()) == 77
+
+
+@pytest.mark.slow
+def test_arcade_answers_on_beam_equal_local(tmp_path):
+  """ARCADE episodes grouped by notebook: the same flags as the local runner."""
+  import types
+
+  import pandas as pd
+
+  from gift.eval import arcade
+
+  df = pd.DataFrame({"region": ["n", "s", "n"], "units": [1, 2, 3]})
+  recs, ctxs = [], {}
+  for nb in ("csv/a", "csv/b"):
+    ctxs[nb] = types.SimpleNamespace(code="import pandas as pd\ndf = df.copy()", inputs={"df": df})
+    for i, code in enumerate(["result = df.groupby('region')['units'].sum()", "len(df)"]):
+      recs.append({"id": f"{nb}/{i}/0", "context_id": nb, "context": "", "intent": f"task {i}",
+                   "code": code, "spec_typedesc": "", "spec_io_examples": "",
+                   "spec_io_summary": "", "output_repr": "", "variables": "{}",
+                   "meta": json.dumps({"output_var": "result" if i == 0 else None})})
+  episodes = str(tmp_path / "episodes.json")
+  arcade.build_episodes(recs, ctxs, episodes)
+  answers = tmp_path / "answers.jsonl"
+  with open(answers, "w") as f:
+    for nb in ("csv/a", "csv/b"):
+      for line in ({"task_id": f"{nb}/0", "code": "result = df.groupby('region').units.sum()"},
+                   {"task_id": f"{nb}/0", "code": "result = 0"},
+                   {"task_id": f"{nb}/1", "code": "df.shape[0]"}):
+        f.write(json.dumps(line) + "\n")
+  common = ["arcade", "--dataset", episodes, "--answers", str(answers), "--no_progress",
+            "--num_workers", "1", "--ks", "1,2"]
+  assert cli.main(common + ["--workdir", str(tmp_path / "local")]) == 0
+  assert cli.main(common + ["--workdir", str(tmp_path / "beam"), "--runner", "beam"]) == 0
+  local, beam = results(tmp_path / "local"), results(tmp_path / "beam")
+  assert beam == local and local[0]["answers"]["per_problem"]["csv/a/0"] == [2, 1]

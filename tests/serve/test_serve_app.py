@@ -18,7 +18,7 @@ pytest.importorskip("fastapi")
 uvicorn = pytest.importorskip("uvicorn")
 openai = pytest.importorskip("openai")
 
-from gift import sample  # noqa: E402
+from gift import checkpoint, sample  # noqa: E402
 from gift import tokenizer as tokenizer_lib  # noqa: E402
 from gift.model import presets, transformer  # noqa: E402
 from gift.serve import app as app_lib  # noqa: E402
@@ -33,7 +33,6 @@ class ChatBytes(tokenizer_lib.ByteTokenizer):
   """The byte tokenizer with a chat template (as a tokenizer.json's would be)."""
   chat_template = ("{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n{% endfor %}"
                    "{% if add_generation_prompt %}<|assistant|>{% endif %}")
-  bos_token, eos_token = "", ""
 
 
 TOK = ChatBytes()
@@ -53,8 +52,8 @@ def params():
 
 @pytest.fixture(scope="module")
 def served(params):
-  """(base url, engine) of a server with 8 slots, a 64-sequence queue, n up to 80."""
-  engine = Engine(CFG, params, TOK, max_batch=8, max_seq_len=128, max_queue=64, decode_steps=4,
+  """(base url, engine) of a server with 16 slots, a 64-sequence queue, n up to 80."""
+  engine = Engine(CFG, params, TOK, max_batch=16, max_seq_len=128, max_queue=64, decode_steps=4,
                   prompt_buckets=(128,), extent_buckets=(128,)).start()
   server = app_lib.Server(engine, "tiny", api_key=KEY, max_n=80, max_body_bytes=64 << 10)
   port = _free_port()
@@ -77,9 +76,9 @@ def sampler(params):
   return sample.Sampler(CFG, params, TOK, batch_size=8, buckets=(128,))
 
 
-def _expected(sampler, prompts, max_tokens):
+def _expected(sampler, prompts, max_tokens, bos=True):
   """Greedy texts `gift sample` gives for these prompts (BOS + text), cut to max_tokens ids."""
-  ids = [[TOK.bos_id] + TOK.encode(p) for p in prompts]
+  ids = [[TOK.bos_id] * bos + TOK.encode(p) for p in prompts]
   out = sampler.generate_ids(ids, max_new_tokens=MAX_TOKENS)
   return [TOK.decode(row[0][:m]) for row, m in zip(out, max_tokens)]
 
@@ -151,11 +150,11 @@ def test_openai_client_completions_chat_streaming(served, sampler):
   # chat: the tokenizer's template renders the prompt
   messages = [{"role": "user", "content": "Sum column x."}]
   rendered = "<|user|>Sum column x.\n<|assistant|>"
-  want_chat = _expected(sampler, [rendered], [10])[0]
+  want_chat = _expected(sampler, [rendered], [10], bos=False)[0]  # the template writes none
   c = client.chat.completions.create(model="tiny", messages=messages, max_tokens=10,
                                      temperature=0, logprobs=True, top_logprobs=1)
   assert c.choices[0].message.content == want_chat and c.choices[0].message.role == "assistant"
-  assert c.usage.prompt_tokens == 1 + len(rendered.encode())
+  assert c.usage.prompt_tokens == len(rendered.encode())
   assert len(c.choices[0].logprobs.content) == c.usage.completion_tokens
   stream = client.chat.completions.create(model="tiny", messages=messages, max_tokens=10,
                                           temperature=0, stream=True)
@@ -284,7 +283,7 @@ def test_client_disconnect_frees_the_slots(served, stream, monkeypatch):
 
 
 def test_64_concurrent_requests_each_get_their_own_answer(served, sampler):
-  """A bounded loopback load test: 64 requests at once (8 slots, so most wait in the queue),
+  """A bounded loopback load test: 64 requests at once (16 slots, so most wait in the queue),
   different prompts and lengths, half streamed; every response is its own prompt's greedy
   completion."""
   url, _ = served
@@ -309,3 +308,43 @@ def test_64_concurrent_requests_each_get_their_own_answer(served, sampler):
     got = list(pool.map(ask, range(64)))
   assert got == want
   _wait_idle(url)
+
+
+def test_chat_on_a_tokenizer_json_checkpoint_equals_gift_sample(qwen_tokenizer_dir, tmp_path):
+  """A checkpoint with a Hugging Face tokenizer.json and a chat template (Qwen-style, stop ids
+  <|im_end|> and <|endoftext|>): /v1/chat/completions equals `gift sample` with the template,
+  and text prompts get no BOS (the tokenizer adds none)."""
+  tok = tokenizer_lib.load(qwen_tokenizer_dir)
+  cfg = presets.get_preset("test_tiny", vocab_size=512, num_layers=2, max_seq_len=128)
+  params = jax.tree.map(lambda x: x * 3.0 if x.ndim > 2 else x,
+                        transformer.init_params(cfg, jax.random.key(1)))
+  ckpt = str(tmp_path / "ckpt")
+  checkpoint.save_model(ckpt, cfg, params, tokenizer_path=qwen_tokenizer_dir)
+  engine = Engine.from_checkpoint(ckpt, max_batch=16, max_seq_len=128, decode_steps=4,
+                                  prompt_buckets=(128,), extent_buckets=(128,)).start()
+  assert engine.stop_ids == tok.stop_ids
+  port = _free_port()
+  uv = uvicorn.Server(uvicorn.Config(app_lib.create_app(app_lib.Server(engine, "qwenish")),
+                                     host="127.0.0.1", port=port, log_level="warning"))
+  thread = threading.Thread(target=uv.run, daemon=True)
+  thread.start()
+  try:
+    while not uv.started:
+      assert thread.is_alive()
+      time.sleep(0.05)
+    client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none",
+                           max_retries=0)
+    ref = sample.Sampler(cfg, params, tok, batch_size=8, buckets=(128,))
+    prompt = "Sum column x."
+    want = ref.generate([prompt], max_new_tokens=16, chat_template=True)[0][0]
+    c = client.chat.completions.create(model="qwenish", max_tokens=16, temperature=0,
+                                       messages=[{"role": "user", "content": prompt}])
+    assert c.choices[0].message.content == want
+    assert c.usage.prompt_tokens == len(tokenizer_lib.prompt_ids(tok, prompt, chat=True))
+    r = client.completions.create(model="qwenish", prompt=prompt, max_tokens=16, temperature=0)
+    assert r.choices[0].text == ref.generate([prompt], max_new_tokens=16)[0][0]
+    assert r.usage.prompt_tokens == len(tok.encode(prompt))  # no BOS
+  finally:
+    uv.should_exit = True
+    thread.join(10)
+    engine.stop()

@@ -19,7 +19,7 @@ CFG = presets.get_preset("test_tiny", vocab_size=259, num_layers=2, max_seq_len=
 TOK = tokenizer_lib.load(None)
 # Few shapes, so the tests share compilations (test_serve_app.py uses the same): prompts pad
 # to 128, one cache extent.
-KW = dict(max_batch=8, max_seq_len=128, decode_steps=4, prompt_buckets=(128,),
+KW = dict(max_batch=16, max_seq_len=128, decode_steps=4, prompt_buckets=(128,),
           extent_buckets=(128,))
 
 
@@ -51,7 +51,7 @@ def _reference(params, prompts, max_new_tokens):
 def test_greedy_equals_sampler_with_mixed_concurrent_traffic(engine, params):
   """Greedy sequences join a batch already decoding sampled ones, at staggered times, in more
   sequences than slots (so slots are reused); each equals the Sampler's output for its prompt."""
-  greedy_prompts = _prompts([2, 7, 19, 33, 50, 5, 12, 3], seed=1)
+  greedy_prompts = _prompts([2, 7, 19, 33, 50, 5, 12, 3, 9, 41, 16, 27, 6, 60], seed=1)
   ref = _reference(params, greedy_prompts, 24)
   noise = engine.submit_many([(p, SamplingParams(max_tokens=m, temperature=1.0, top_p=0.9,
                                                  ignore_eos=True), 1)
@@ -150,7 +150,7 @@ def test_cancel_frees_the_slot_and_queue_limit(params):
     deadline = time.time() + 60
     while eng.load()["busy"] and time.time() < deadline:
       time.sleep(0.01)
-    assert eng.load() == dict(busy=0, waiting=0, slots=8, extent=128)
+    assert eng.load() == dict(busy=0, waiting=0, slots=16, extent=128)
     assert all(len(s.ids) < 120 for s in seqs)
     (s,), = eng.generate(_prompts([4])[:1], SamplingParams(max_tokens=5, temperature=0.0),
                          timeout_s=300)  # still serving
@@ -219,3 +219,32 @@ def test_sample_rows_full_vocabulary_nucleus_by_threshold():
   got = np.asarray(engine_lib.sample_rows(logits_bv, keys, jnp.zeros(2048, jnp.int32), ones,
                                           jnp.zeros(2048, jnp.int32), ones * 0.5))
   assert len(set(got.tolist())) > 400 and got.max() < v
+
+
+def test_serve_without_the_extra_says_how_to_install(monkeypatch):
+  import sys
+
+  from gift import serve
+  monkeypatch.setitem(sys.modules, "fastapi", None)  # as if not installed
+  with pytest.raises(SystemExit, match=r'fastapi is not installed.*pip install "gift\[serve\]"'):
+    serve.main(["--checkpoint", "x"])
+
+
+def test_an_engine_failure_ends_every_request_with_an_error(params, monkeypatch):
+  """No client hangs when the decode loop dies: running and waiting sequences end with the
+  error, and new requests are refused (the HTTP layer answers 500 / /health 503)."""
+  eng = Engine(CFG, params, TOK, **KW)
+
+  def boom(steps):
+    raise RuntimeError("device lost")
+
+  monkeypatch.setattr(eng, "_decode", boom)
+  eng.start()
+  try:
+    seqs = eng.submit(_prompts([5])[0], SamplingParams(max_tokens=10, temperature=0.0), n=20)
+    for s in seqs:  # 16 were admitted (prefilled), 4 still waited
+      assert s.done_event.wait(120) and s.finish == "error: RuntimeError: device lost"
+    with pytest.raises(engine_lib.EngineDead, match="device lost"):
+      eng.submit(_prompts([5])[0], SamplingParams(max_tokens=10))
+  finally:
+    eng.stop()

@@ -44,9 +44,11 @@ def test_beam_equals_local_through_a_retry_and_a_restart(tmp_path, monkeypatch):
   work = tmp_path / "beam"
   # 1. a worker keeps failing on one context: the pipeline dies after its retries
   monkeypatch.setenv("GIFT_BEAM_FAULT", f"{doomed}|99|{tmp_path / 'doomed.count'}")
-  with pytest.raises(Exception, match="injected fault"):  # (in one process: quicker to start)
-    beam_build.build(cfg, str(work), pipeline_options="--direct_running_mode=in_memory")
-  finished = {p: os.stat(work / "shards" / p).st_mtime_ns for p in os.listdir(work / "shards")}
+  with pytest.raises(Exception, match="injected fault"):  # one in-process worker: no thread
+    beam_build.build(cfg, str(work), pipeline_options="--direct_running_mode=in_memory")  # left
+  shards = work / "shards"  # what finished before the failure (maybe nothing: bundles vary)
+  finished = {p: os.stat(shards / p).st_mtime_ns for p in
+              (os.listdir(shards) if shards.is_dir() else [])}
   assert "bundled__employees.json" not in finished
   assert len((tmp_path / "doomed.count").read_text().split()) == 3  # MAX_ATTEMPTS
   # 2. restarted, with a context that fails once: only the unfinished context runs again
@@ -90,7 +92,7 @@ def test_cli_on_the_bundled_default_equals_local_after_a_kill(tmp_path):
   os.killpg(proc.pid, signal.SIGKILL)
   proc.wait()
   done = {p for p in os.listdir(shards) if p.endswith(".json")}
-  assert 10 <= len(done) < 72
+  assert 10 <= len(done) < 26  # the default: 24 generated contexts + 2 matplotlib CSVs
   out = subprocess.run(beam, check=True, env=env, capture_output=True, text=True)
   card = json.loads((tmp_path / "beam" / "card.json").read_text())
   local = json.loads((tmp_path / "local" / "card.json").read_text())
