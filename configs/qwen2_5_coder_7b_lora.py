@@ -13,19 +13,11 @@ Both: one 2k-token packed row per microbatch, 16 microbatches per step (32k toke
 rematerialized. `gift plan --config configs/qwen2_5_coder_7b_lora.py[:qlora] --compile` prints
 the states per device and the compiled step's peak memory (numbers in the README).
 
-The model shape is written out here (Qwen2: q/k/v biases, GQA 28/4 heads, theta 1e6); it equals
-`gift import-hf`'s config of Qwen/Qwen2.5-Coder-7B (init_from checks that the shapes match).
+The model is the `qwen2.5-coder-7b` preset (Qwen2: q/k/v biases, GQA 28/4 heads, theta 1e6), the
+shape `gift import-hf` reads from Qwen/Qwen2.5-Coder-7B (init_from checks that they match).
 Recipe as the open one (lr scaled for adapters: 2e-4, as QLoRA and PEFT recipes use).
 """
-import ml_collections
-
 from gift import config as gc
-from gift.model import presets
-
-QWEN2_5_CODER_7B = dict(
-    vocab_size=152064, num_layers=28, d_model=3584, num_heads=28, num_kv_heads=4, head_dim=128,
-    mlp_dim=18944, mlp_activation="silu", tie_embeddings=False, norm_eps=1e-6,
-    rope_theta=1000000.0, max_seq_len=32768, qkv_bias=True)
 
 
 def get_config(arg=None):
@@ -33,8 +25,7 @@ def get_config(arg=None):
   if kind not in ("lora", "qlora"):
     raise ValueError(f"configs/qwen2_5_coder_7b_lora.py:{kind}; expected :lora or :qlora")
   c = gc.base_config()
-  shape = presets.ModelConfig(**QWEN2_5_CODER_7B, dtype="bfloat16", remat_policy="full")
-  c.model = ml_collections.ConfigDict(dict(preset="qwen2_5_coder_7b", **shape.to_dict()))
+  gc.with_preset(c, "qwen2.5-coder-7b", dtype="bfloat16", remat_policy="full")
   gc.open_recipe(c)
   c.mesh.data, c.mesh.fsdp, c.mesh.tensor = 1, 1, 1  # one GPU
   c.train.peft = kind
