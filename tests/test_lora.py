@@ -279,3 +279,35 @@ def test_config_errors_name_the_field():
     lora.targets(CFG, dataclasses.replace(LCFG, targets="nothing_here"))
   with pytest.raises(ValueError, match="not a projection matrix"):
     lora.targets(CFG, dataclasses.replace(LCFG, targets="norm"))
+
+
+@pytest.mark.parametrize("preset", [
+    "qwen2.5-coder-0.5b", pytest.param("qwen3-0.6b", marks=pytest.mark.slow),
+    pytest.param("gemma2-2b", marks=pytest.mark.slow),
+    pytest.param("gemma3-1b", marks=pytest.mark.slow), "starcoder2-3b"])
+def test_every_model_family_step_0_base_and_merge_and_peft_names(preset):
+  """Biases, qk-norm, sandwich norms, soft-capping, sliding windows, LayerNorm + plain MLP: the
+  adapters ride on the projections alone, and every target has a PEFT module name."""
+  from gift import peft_io
+  from gift.model import presets
+  full = presets.get_preset(preset)
+  small = dict(num_layers=2, d_model=64, num_heads=4, num_kv_heads=2, head_dim=16, mlp_dim=128,
+               vocab_size=256, dtype="float32")
+  if full.layer_types:
+    small["layer_types"] = ("sliding_attention", "full_attention")
+  if full.sliding_window:
+    small["sliding_window"] = 4
+  cfg = presets.get_preset(preset, **small)
+  params = transformer.init_params(cfg, jax.random.key(0))
+  batch = _batch(v=256)
+  base = lora.prepare_base(cfg, LCFG, params)
+  want = _logits(cfg, params, batch)
+  fresh = lora.init_adapters(cfg, LCFG, jax.random.key(1))
+  np.testing.assert_array_equal(_logits(cfg, lora.combine(cfg, LCFG, base, fresh), batch), want)
+  trained = _random_adapters(cfg, LCFG)
+  np.testing.assert_allclose(_logits(cfg, lora.combine(cfg, LCFG, base, trained), batch),
+                             _logits(cfg, lora.merge(cfg, LCFG, base, trained), batch),
+                             atol=3e-5, rtol=0)
+  names = peft_io.peft_tensors(cfg, LCFG, jax.tree.map(np.asarray, trained))
+  assert len(names) == 2 * 2 * len(lora.targets(cfg, LCFG))
+  assert all(n.startswith("base_model.model.model.layers.") for n in names)
