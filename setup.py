@@ -44,6 +44,7 @@ setup(
             "pytest>=8.0",
             "torch==2.13.0",
             "transformers>=4.50",
+            "peft>=0.13",  # LoRA adapter parity (tests/test_lora_e2e.py, benchmarks/bench_lora.py)
             "ruff>=0.6",
             "apache-beam>=2.60",
             "openai>=1.0",  # the official client, against `gift serve` (tests/serve)

@@ -48,7 +48,7 @@ def pipeline_options(flags: str = "", num_workers: int = 2, light: bool = False
   if not any(a.startswith("--direct_running_mode") for a in args):
     direct.direct_running_mode = "in_memory" if light else "multi_processing"
   if not any(a.startswith("--direct_num_workers") for a in args):
-    direct.direct_num_workers = 1 if light else num_workers
+    direct.direct_num_workers = 1 if direct.direct_running_mode == "in_memory" else num_workers
   worker = options.view_as(po.WorkerOptions)
   if not any(a.startswith("--default_sdk_harness_log_level") for a in args):
     worker.default_sdk_harness_log_level = "WARNING"  # workers log every bundle at INFO

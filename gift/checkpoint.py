@@ -186,7 +186,8 @@ def save_model(ckpt_dir: str, model_cfg: ModelConfig, params: Any,
     manager.close()
 
 
-def load_model(ckpt_dir: str, step: int | None = None, shardings: Any = None
+def load_model(ckpt_dir: str, step: int | None = None, shardings: Any = None, dtype: Any = None,
+               merge_lora: bool = True, raw: bool = False
                ) -> tuple[ModelConfig, Any, str | None]:
   """Reads a gift checkpoint's model: (ModelConfig, params pure dict, tokenizer path or None).
 
@@ -196,8 +197,16 @@ def load_model(ckpt_dir: str, step: int | None = None, shardings: Any = None
     shardings: a pytree of `jax.sharding.Sharding` matching params, or one Sharding for all
       leaves; arrays are restored directly into it (no host copy of the whole model). None = the
       first local device (single-process use).
+    dtype: restore the arrays cast to this dtype (None: as stored, f32).
+    merge_lora: a LoRA checkpoint (gift/peft_io.py: its steps hold adapters only) loads as its
+      base with the adapters merged, else with LoraWeight nodes (run unmerged).
+    raw: the `params` item as stored, even of a LoRA checkpoint.
   """
   ckpt_dir = os.path.abspath(ckpt_dir)
+  if not raw:
+    from gift import peft_io
+    if peft_io.is_lora(ckpt_dir):
+      return peft_io.load_model(ckpt_dir, step, shardings, merge=merge_lora)
   model_cfg = read_model_config(ckpt_dir)
 
   def make_manager():
@@ -210,6 +219,8 @@ def load_model(ckpt_dir: str, step: int | None = None, shardings: Any = None
     meta = getattr(meta, "tree", meta)
     target = shardings if shardings is not None else jax.sharding.SingleDeviceSharding(
         jax.local_devices()[0])
+    if dtype is not None:
+      meta = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, dtype), meta)
     try:
       abstract = _abstract(meta, target)
     except ValueError as e:

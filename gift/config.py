@@ -70,6 +70,7 @@ def base_config() -> ConfigDict:
       weight_decay=0.1, b1=0.9, b2=0.95, eps=1e-8, grad_clip=1.0,
       log_every=10, eval_every=0, eval_steps=4,
       progress=True,
+      peft="none",  # none | lora | qlora: train adapters on a frozen (quantized) base; see c.lora
       # Execution-based evaluation during training (gift/eval/intrain.py): every N steps and at
       # the end, greedy pass@1 per spec kind on held-out tasks, executed in the sandbox.
       exec_eval_every=0,  # 0 = off
@@ -79,12 +80,20 @@ def base_config() -> ConfigDict:
           spec_kinds=(),  # () = the kinds the training data uses
           max_new_tokens=128, batch_size=32)),
   ))
+  c.lora = ConfigDict(dict(  # train.peft = lora | qlora (gift/lora.py)
+      rank=8, alpha=16.0, dropout=0.0,
+      targets=r"^layers/(attn/(q|k|v|o)|mlp/(gate|up|down))$",  # regex over parameter paths
+      quant="nf4",  # qlora base: nf4 (4-bit, per-block absmax scales) | int8 (per channel)
+      block_size=64,  # nf4 scale block along the weight's last axis (bitsandbytes: 64)
+  ))
   c.checkpoint = ConfigDict(dict(every=50, keep=3, async_save=True, save_on_preemption=True,
                                  keep_best=""))  # e.g. "pass@1/io_summary": WORKDIR/best
 
   c.sample = ConfigDict(dict(
       n=1, temperature=0.0, top_k=0, top_p=1.0, max_new_tokens=256,
-      stop=("# In[ ]:",), batch_size=8, prompt_buckets=(64, 128, 256, 512, 1024, 2048)))
+      stop=("# In[ ]:",), batch_size=8,
+      prompt_buckets=(32, 48, 64, 96, 128, 160, 192, 256, 320, 384, 512, 640, 768, 1024, 1536,
+                      2048)))
 
   c.synth = ConfigDict(dict(  # `gift build-data` (gift/synth/build.py)
       contexts=("bundled",),  # "bundled" and/or paths: CSV folders/files, .ipynb folders/files
@@ -229,6 +238,12 @@ def finalize(cfg: ConfigDict) -> ConfigDict:
   if "train" in cfg and cfg.train.batch_size % cfg.train.grad_accum:
     raise ConfigError(f"train.batch_size={cfg.train.batch_size} is not divisible by "
                       f"train.grad_accum={cfg.train.grad_accum}")
+  if "train" in cfg and "lora" in cfg and cfg.train.get("peft", "none") != "none":
+    from gift import lora
+    try:
+      lora.config_of(cfg)
+    except ValueError as e:
+      raise ConfigError(str(e)) from e
   if "data" in cfg and cfg.data.spec_kind not in (
       "none", "typedesc", "io_examples", "io_summary", "mixture"):
     raise ConfigError(f"data.spec_kind={cfg.data.spec_kind!r}; expected one of none, typedesc, "

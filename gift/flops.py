@@ -7,6 +7,7 @@ Training FLOPs per token = 6 * M + 6 * L * T * N * H, where
   6 = 2 (multiply-add) * 3 (forward + backward for inputs and for weights),
   6 * L * T * N * H = causal attention: QK^T and PV, 2 * 2 * T * N * H FLOPs per token and
       layer forward, halved by the causal mask, times 3 for training. T = sequence length.
+      A sliding-window layer (window W < T) sees W - W^2 / 2T keys on average, not T / 2.
 MFU = achieved FLOP/s / peak FLOP/s, with the peak of the device's dense bf16 matmul units.
 """
 from __future__ import annotations
@@ -57,8 +58,14 @@ def matmul_params(cfg: ModelConfig) -> int:
 
 
 def attention_flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
-  """Causal attention score and value FLOPs per token for training (fwd + bwd)."""
-  return 6.0 * cfg.num_layers * seq_len * cfg.num_heads * cfg.head_dim
+  """Causal attention score and value FLOPs per token for training (fwd + bwd): 12 * N * H per
+  key seen, T/2 keys on average for a full layer (6 * T * N * H), W - W^2 / 2T for a sliding
+  layer of window W < T."""
+  t, w = seq_len, cfg.sliding_window
+  per_layer = [12.0 * cfg.num_heads * cfg.head_dim * (w - w * w / (2 * t) if sliding and w < t
+                                                      else t / 2)
+               for sliding in cfg.sliding_layers]
+  return sum(per_layer)
 
 
 def train_flops_per_token(cfg: ModelConfig, seq_len: int) -> float:

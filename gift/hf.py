@@ -411,6 +411,10 @@ def _write_starcoder2(cfg: ModelConfig) -> dict[str, Any]:
         qk_norm=False, sandwich_norms=False, attn_logit_softcap=0.0, final_logit_softcap=0.0,
         query_pre_attn_scalar=0.0, local_rope_theta=0.0, layer_types=(), o_bias=cfg.qkv_bias,
         mlp_bias=cfg.qkv_bias)
+  if cfg.head_dim * cfg.num_heads != cfg.d_model:  # transformers 4.5x derives it from D / N
+    raise Unsupported(f"Starcoder2ForCausalLM needs head_dim = d_model / num_heads, got "
+                      f"head_dim={cfg.head_dim} with d_model={cfg.d_model}, "
+                      f"num_heads={cfg.num_heads}")
   return dict(_rope_out(cfg), hidden_act=_ACT_NAMES[cfg.mlp_activation],
               norm_epsilon=cfg.norm_eps, use_bias=cfg.qkv_bias,
               sliding_window=cfg.sliding_window or None)
@@ -907,9 +911,14 @@ def _write_safetensors(tensors: Iterable[tuple[str, np.ndarray]], out_dir: str,
 
 
 def import_main(argv: list[str]) -> int:
-  """`gift import-hf --hf_dir DIR --out CKPT [--dtype bfloat16] [--max_seq_len N]`."""
+  """`gift import-hf --hf_dir DIR --out CKPT [--dtype bfloat16] [--max_seq_len N]`, or
+  `gift import-hf --peft_adapter DIR (--base CKPT | --hf_dir BASE) --out CKPT` (a LoRA
+  checkpoint; with --hf_dir the base is imported into CKPT/base first)."""
   p = argparse.ArgumentParser(prog="gift import-hf", description=__doc__.splitlines()[0])
-  p.add_argument("--hf_dir", required=True, help="HF model dir: config.json + *.safetensors")
+  p.add_argument("--hf_dir", default=None, help="HF model dir: config.json + *.safetensors")
+  p.add_argument("--peft_adapter", default=None,
+                 help="a PEFT LoRA adapter dir (adapter_config.json + adapter_model.safetensors)")
+  p.add_argument("--base", default=None, help="with --peft_adapter: the base gift checkpoint")
   p.add_argument("--out", required=True, help="gift checkpoint dir to write")
   p.add_argument("--dtype", default="float32", choices=sorted(_DTYPES),
                  help="compute dtype recorded in the model config (weights are stored f32)")
@@ -918,12 +927,28 @@ def import_main(argv: list[str]) -> int:
   args = p.parse_args(argv)
   from gift import checkpoint
 
+  if args.peft_adapter:
+    from gift import peft_io
+    if bool(args.base) == bool(args.hf_dir):
+      p.error("--peft_adapter needs its base: exactly one of --base CKPT or --hf_dir DIR")
+    base = args.base
+    if args.hf_dir:
+      base = os.path.join(args.out, "base")
+      import_main(["--hf_dir", args.hf_dir, "--out", base, "--dtype", args.dtype]
+                  + (["--max_seq_len", str(args.max_seq_len)] if args.max_seq_len else []))
+    lcfg = peft_io.import_peft(args.peft_adapter, base, args.out)
+    print(f"imported PEFT adapter {args.peft_adapter} -> {args.out} (rank {lcfg.rank}, "
+          f"targets {lcfg.targets}, base {base})")
+    return 0
+  if not args.hf_dir:
+    p.error("--hf_dir is required (or --peft_adapter)")
   overrides: dict[str, Any] = dict(dtype=args.dtype)
   if args.max_seq_len:
     overrides["max_seq_len"] = args.max_seq_len
   cfg, params = import_hf(args.hf_dir, **overrides)
-  checkpoint.save_model(args.out, cfg, params, tokenizer_path=tokenizer_source(args.hf_dir))
   n = sum(x.size for x in _leaves(params))
+  params = _to_jax_leafwise(params)
+  checkpoint.save_model(args.out, cfg, params, tokenizer_path=tokenizer_source(args.hf_dir))
   print(f"imported {args.hf_dir} -> {args.out}: {n:,} params, {cfg}")
   return 0
 
@@ -944,16 +969,41 @@ def export_main(argv: list[str]) -> int:
   p.add_argument("--dtype", default="float32", choices=sorted(_DTYPES),
                  help="tensor dtype in the safetensors files")
   p.add_argument("--max_shard_gb", type=float, default=4.0, help="shard safetensors above this")
+  p.add_argument("--adapter_only", action="store_true",
+                 help="a LoRA run: write its adapter in PEFT format (adapter_config.json + "
+                 "adapter_model.safetensors)")
+  p.add_argument("--merge", action="store_true",
+                 help="a LoRA run: write the full model with the adapters merged into the base")
   p.add_argument("--architecture", default=None, choices=list(_EXPORT_ORDER),
                  help="HF class to write (default: the first that expresses the model)")
   args = p.parse_args(argv)
-  from gift import checkpoint
+  from gift import checkpoint, peft_io
+
+  if peft_io.is_lora(args.checkpoint):
+    if args.adapter_only == args.merge:
+      p.error(f"{args.checkpoint} is a LoRA run: pass --adapter_only or --merge")
+    return peft_io.export_main(args)
+  if args.adapter_only or args.merge:
+    p.error(f"{args.checkpoint} holds a full model (no {peft_io.LORA_FILE}); --adapter_only and "
+            "--merge apply to LoRA runs")
 
   cfg, params, tok = checkpoint.load_model(args.checkpoint, step=args.step)
   export_hf(cfg, params, args.out, tokenizer_path=tok, dtype=args.dtype,
             max_shard_bytes=int(args.max_shard_gb * (1 << 30)), architecture=args.architecture)
   print(f"exported {args.checkpoint} -> {args.out}")
   return 0
+
+
+def _to_jax_leafwise(tree: dict) -> dict:
+  """The numpy tree as jax arrays, one leaf at a time, each numpy array dropped once copied: the
+  checkpoint writer then holds one copy of the weights, not the numpy stacks beside its own."""
+  import jax
+  out = {}
+  for key in list(tree):
+    value = tree.pop(key)
+    out[key] = _to_jax_leafwise(value) if isinstance(value, dict) else jax.device_put(value)
+    del value
+  return out
 
 
 def _leaves(tree: Any) -> list:

@@ -1,20 +1,29 @@
-"""`gift plan --config FILE [--config.x=...] [--num_devices N] [--json]`: size a run, allocate
-nothing. `gift plan --presets` lists the model presets with their parameter counts.
+"""`gift plan --config FILE [--config.x=...] [--num_devices N] [--json] [--compile]`: size a
+run, allocate nothing (`--compile` compiles the train steps ahead of time to read their peak
+memory). `gift plan --presets` lists the model presets with their parameter counts.
 
 Shapes come from `jax.eval_shape`; per-device memory from the sharding rules applied to the
 configured mesh sizes (no real mesh is built, so a laptop can plan a pod; when the mesh has a -1,
 `--num_devices` says how many devices fill it, default this host's). Prints the parameter count,
 bytes of parameters, gradients and AdamW state (f32), training FLOPs per token (gift/flops.py),
-and the memory per device.
+and the memory per device. The `peft` table sets full fine-tuning beside LoRA and QLoRA (the
+config's `lora.*` settings): bytes per device of the (frozen) parameters, the adapters, their
+gradients and AdamW state. `--compile` lowers and compiles the real train step of each
+(`jax.jit(...).lower(...).compile().memory_analysis()`, abstract inputs: nothing is allocated)
+and reports its peak memory per device for the configured batch and sequence length, as the
+XLA backend of this host computes it (a CPU-only host gives XLA:CPU's figures; for a mesh of N
+devices there, set XLA_FLAGS=--xla_force_host_platform_device_count=N).
 """
 from __future__ import annotations
 
 import argparse
 import json
 import math
+import os
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from gift import config as config_lib
@@ -67,6 +76,7 @@ def plan(cfg, num_devices: int | None = None) -> dict[str, Any]:
       per_device=dict(params=param_dev, grads=param_dev, opt_state=opt_dev,
                       states_total=2 * param_dev + opt_dev, rows_per_microbatch=rows_dev,
                       activations_estimate=int(act_dev)),
+      peft=peft_memory(cfg, sizes),
   )
 
 
@@ -94,7 +104,7 @@ def format_plan(p: dict[str, Any], model_cfg) -> str:
       f"  AdamW state (f32)   {_gib(p['opt_state_bytes'])}",
       f"FLOPs per token       {p['flops_per_token']:.4g} = 6 x {p['matmul_params']:,} matmul "
       f"params + causal attention 6*L*T*N*H = {p['attention_flops_per_token']:.4g} "
-      f"(T={p['seq_len']})",
+      f"(T={p['seq_len']}{'; sliding layers see fewer keys' if any(m.sliding_layers) else ''})",
       f"FLOPs per step        {p['flops_per_step']:.4g} ({p['global_batch']} rows x "
       f"{p['seq_len']} tokens)",
       f"mesh                  {p['mesh']} = {p['num_devices']} devices",
@@ -108,6 +118,18 @@ def format_plan(p: dict[str, Any], model_cfg) -> str:
       + ("" if m.remat_policy in ("full", "nothing_saveable") else
          f"; a lower bound: remat {m.remat_policy} saves more") + ")",
   ]
+  if "peft" in p:
+    lines += ["per device by train.peft   params      adapters    grads       AdamW       total"]
+    for kind, r in p["peft"].items():
+      lines.append(f"  {kind:<24}" + "".join(f"{_gib(r[k]):<12}" for k in (
+          "params", "adapters", "grads", "opt_state", "total")))
+  if "compiled" in p:
+    lines.append("compiled train step, per device (XLA memory analysis on "
+                 f"{next(iter(p['compiled'].values()))['device']}):")
+    for kind, r in p["compiled"].items():
+      lines.append(f"  {kind:<8} peak {_gib(r['peak'])}  (arguments {_gib(r['argument'])}, "
+                   f"outputs {_gib(r['output'])}, temporaries {_gib(r['temp'])}, aliased "
+                   f"{_gib(r['alias'])})")
   return "\n".join(lines)
 
 
@@ -152,11 +174,124 @@ def main(argv: list[str]) -> int:
   parser.add_argument("--json", action="store_true", help="print the figures as JSON")
   parser.add_argument("--presets", action="store_true",
                       help="list the model presets with their parameter counts and exit")
+  parser.add_argument("--compile", action="store_true",
+                      help="compile the train steps (full, LoRA, QLoRA) ahead of time and report "
+                      "their peak memory per device")
+  parser.add_argument("--peft", default="all", choices=("all", "none", "lora", "qlora"),
+                      help="with --compile: which train steps to compile")
   args = parser.parse_args(rest)
+  if args.compile:
+    from gift import cpu_env
+    if cpu_env.cpu_only_host() and _NO_LICM not in os.environ.get("XLA_FLAGS", ""):
+      # XLA:CPU has no bf16 dot: it converts operands to f32, and loop-invariant code motion
+      # then hoists those converts of every stacked weight out of the layer scan (an f32 copy
+      # of the model, which no accelerator build makes). Set before the backend starts.
+      os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _NO_LICM).strip()
   try:
     p = plan(cfg, args.num_devices)
   except ValueError as e:
     print(f"gift plan: {e}. Pass --num_devices N to plan for N devices.")
     return 2
+  if args.compile:
+    kinds = PEFT_ROWS if args.peft == "all" else (args.peft,)
+    try:
+      p["compiled"] = compiled_memory(cfg, kinds)
+    except ValueError as e:
+      print(f"gift plan --compile: {e}")
+      return 2
   print(json.dumps(p, indent=1) if args.json else format_plan(p, config_lib.model_config(cfg)))
   return 0
+
+
+# ------------------------------------------------------------------------------------------------
+# LoRA / QLoRA: states per device, and the compiled train step's memory
+# ------------------------------------------------------------------------------------------------
+PEFT_ROWS = ("none", "lora", "qlora")
+_NO_LICM = "--xla_disable_hlo_passes=while-loop-invariant-code-motion"
+
+
+def _lora_cfg(cfg, kind: str):
+  from gift import lora
+  if kind == "none":
+    return None
+  lc = cfg.get("lora") or {}
+  return lora.LoraConfig(peft=kind, **{k: lc[k] for k in (
+      "rank", "alpha", "dropout", "targets", "quant", "block_size") if k in lc}).validate()
+
+
+def _bytes_dev(shapes: Any, specs: Any, sizes) -> int:
+  specs = jax.tree.leaves(specs, is_leaf=lambda s: isinstance(s, jax.sharding.PartitionSpec))
+  return sum(sharding.bytes_per_device(x.shape, x.dtype, s, sizes)
+             for x, s in zip(jax.tree.leaves(shapes), specs))
+
+
+def peft_memory(cfg, sizes) -> dict[str, dict[str, int]]:
+  """Bytes per device of params (f32 for full fine-tuning; the frozen base in the compute dtype,
+  QLoRA's projections quantized), adapters (f32), gradients and AdamW state, by train.peft."""
+  from gift import lora
+  model_cfg = config_lib.model_config(cfg)
+  out = {}
+  for kind in PEFT_ROWS:
+    lcfg = _lora_cfg(cfg, kind)
+    if lcfg is None:
+      params = _bytes_dev(transformer.abstract_params(model_cfg),
+                          sharding.param_specs(model_cfg, sizes), sizes)
+      adapters, trained = 0, params
+    else:
+      params = _bytes_dev(lora.abstract_base(model_cfg, lcfg),
+                          lora.base_specs(model_cfg, lcfg, sizes), sizes)
+      adapters = _bytes_dev(lora.abstract_adapters(model_cfg, lcfg),
+                            lora.adapter_specs(model_cfg, lcfg, sizes), sizes)
+      trained = adapters
+    out[kind] = dict(params=params, adapters=adapters, grads=trained, opt_state=2 * trained,
+                     total=params + adapters + 3 * trained)
+  return out
+
+
+def compiled_memory(cfg, kinds=PEFT_ROWS) -> dict[str, dict[str, Any]]:
+  """Compiles the train step of each `train.peft` kind for the config's batch, sequence length,
+  grad_accum and mesh (abstract inputs) and returns XLA's memory analysis per device: argument,
+  output, temp and alias bytes, and peak = argument + output + temp - alias."""
+  from gift import lora
+  model_cfg = config_lib.model_config(cfg)
+  fixed = [int(cfg.mesh[a]) for a in sharding.MESH_AXES]
+  n = jax.device_count() if -1 in fixed else math.prod(fixed)
+  if n > jax.device_count():
+    raise ValueError(f"the mesh needs {n} devices, this host has {jax.device_count()} (on a CPU "
+                     f"host: XLA_FLAGS=--xla_force_host_platform_device_count={n})")
+  mesh = sharding.make_mesh(cfg.mesh, jax.devices()[:n])
+  optimizer = step.make_optimizer(cfg.train)
+  b, t = cfg.train.batch_size, cfg.data.seq_len
+  b_sh = sharding.batch_sharding(mesh)
+  batch = {k: jax.ShapeDtypeStruct((b, t), jnp.float32 if k == "loss_mask" else jnp.int32,
+                                   sharding=b_sh) for k in step.BATCH_KEYS}
+
+  def spec(tree, shardings):
+    return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                        tree, shardings)
+
+  out = {}
+  for kind in kinds:
+    lcfg = _lora_cfg(cfg, kind)
+    if lcfg is None:
+      p_sh, o_sh = step.state_shardings(model_cfg, optimizer, mesh)
+      params = spec(transformer.abstract_params(model_cfg), p_sh)
+      args = (params, spec(jax.eval_shape(optimizer.init, params), o_sh), batch)
+      fn = step.make_train_step(model_cfg, optimizer, grad_accum=cfg.train.grad_accum,
+                                mesh=mesh)
+    else:
+      base_sh, a_sh, o_sh = lora.state_shardings(model_cfg, lcfg, optimizer, mesh)
+      adapters = spec(lora.abstract_adapters(model_cfg, lcfg), a_sh)
+      args = (spec(lora.abstract_base(model_cfg, lcfg), base_sh), adapters,
+              spec(jax.eval_shape(optimizer.init, adapters), o_sh), batch)
+      fn = lora.make_train_step(model_cfg, lcfg, optimizer, grad_accum=cfg.train.grad_accum,
+                                mesh=mesh)
+    m = fn.lower(*args).compile().memory_analysis()
+    row = dict(argument=m.argument_size_in_bytes, output=m.output_size_in_bytes,
+               temp=m.temp_size_in_bytes, alias=m.alias_size_in_bytes)
+    row["peak"] = row["argument"] + row["output"] + row["temp"] - row["alias"]
+    row["device"] = jax.devices()[0].device_kind + (
+        " (XLA:CPU, loop-invariant code motion off)" if _NO_LICM in os.environ.get(
+            "XLA_FLAGS", "") and jax.default_backend() == "cpu" else "")
+    out[kind] = row
+  return out

@@ -493,6 +493,13 @@ def main(argv: list[str]) -> int:
   print(f"host: measured f32 matmul peak {peak:.0f} GFLOP/s (2048^3, XLA), "
         f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}", flush=True)
   timer = StageTimer()
+  done_stages = {name for name, marker in (
+      ("data", os.path.join(workdir, "data", "card.json")),
+      ("tokenizer", os.path.join(workdir, "tokenizer.model")),
+      ("train gift", os.path.join(workdir, "train", "train_done.json")),
+      ("train no_spec", os.path.join(workdir, "train_nospec", "train_done.json")),
+      ("train no_spec_matched", os.path.join(workdir, "train_nospec_matched", "train_done.json")),
+  ) if os.path.exists(marker)}
   try:
     with timer("data"):
       _banner(1, "data: contexts -> intents -> executed samples -> specs -> TFDS records")
@@ -527,8 +534,13 @@ def main(argv: list[str]) -> int:
   # Wall time accumulates over the runs of this workdir (a resumed run adds only its own).
   timing_path = os.path.join(workdir, "timing.json")
   before = _finished(timing_path) or {}
+  # A stage this run only found done keeps the time of the run that did it.
   timing = {"seconds": before.get("seconds", 0.0) + time.time() - t0, "peak_gflops": peak,
-            "stages": {**before.get("stages", {}), **timer.stages}}
+            "stages": {**timer.stages, **before.get("stages", {}),
+                       **{k: v for k, v in timer.stages.items() if k not in done_stages}}}
+  if "eval" in before.get("stages", {}):  # a later --ablation evaluates only the new models
+    timing["stages"]["eval"] = {k: round(v + before["stages"]["eval"][k], 1)
+                                for k, v in timer.stages["eval"].items()}
   with timer("report"):
     report = stage_report(cfg, workdir, card, runs, results, timing)
   timing["stages"]["report"] = timer.stages["report"]

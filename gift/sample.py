@@ -38,7 +38,10 @@ from gift.model import transformer
 from gift.model.presets import ModelConfig
 
 Array = jax.Array
-DEFAULT_BUCKETS = (64, 128, 256, 512, 1024, 2048)
+# Prompt-length buckets ~1.25-1.5x apart: with prompts sorted by length a batch pads to the next
+# one, and power-of-2 buckets left ~half of the prefill's slots padding for held-out evaluation
+# prompts (BENCHMARKS.md); each bucket used costs one prefill and one decode compilation.
+DEFAULT_BUCKETS = (32, 48, 64, 96, 128, 160, 192, 256, 320, 384, 512, 640, 768, 1024, 1536, 2048)
 
 
 class DecodeState(NamedTuple):
@@ -236,15 +239,17 @@ class Sampler:
 
   @classmethod
   def from_checkpoint(cls, ckpt_dir: str, mesh: Any = None, step: int | None = None,
-                      **kw: Any) -> "Sampler":
-    """Loads a gift checkpoint (restored straight into the mesh's shardings when given)."""
+                      merge_lora: bool = True, **kw: Any) -> "Sampler":
+    """Loads a gift checkpoint (restored straight into the mesh's shardings when given). A LoRA
+    run loads as its base plus adapters, merged (`merge_lora`) or run unmerged."""
     from gift import checkpoint
     from gift import tokenizer as tokenizer_lib
     shardings = None
     if mesh is not None:
       from gift import sharding
       shardings = sharding.param_shardings(checkpoint.read_model_config(ckpt_dir), mesh)
-    cfg, params, tok_path = checkpoint.load_model(ckpt_dir, step=step, shardings=shardings)
+    cfg, params, tok_path = checkpoint.load_model(ckpt_dir, step=step, shardings=shardings,
+                                                  merge_lora=merge_lora or mesh is not None)
     return cls(cfg, params, tokenizer_lib.load(tok_path, cfg.vocab_size), mesh=mesh, **kw)
 
   def _bucket(self, length: int) -> int:
@@ -419,6 +424,8 @@ def main(argv: list[str]) -> int:
                  help=f"stop string (repeatable; default {list(d.stop)}; --stop '' for none)")
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--batch_size", type=int, default=d.batch_size, help="rows per batch")
+  p.add_argument("--lora", default="merge", choices=("merge", "unmerged"),
+                 help="a LoRA run: merge the adapters into the base, or run them unmerged")
   p.add_argument("--chat_template", action="store_true",
                  help="send each prompt as a user turn through the tokenizer's chat template "
                       "(instruct checkpoints)")
@@ -429,7 +436,7 @@ def main(argv: list[str]) -> int:
   stop = tuple(s for s in (d.stop if args.stop is None else args.stop) if s)
 
   sampler = Sampler.from_checkpoint(args.checkpoint, step=args.step, batch_size=args.batch_size,
-                                    buckets=d.prompt_buckets)
+                                    buckets=d.prompt_buckets, merge_lora=args.lora == "merge")
   t0 = time.perf_counter()
   out = sampler.generate(prompts, n=args.n, temperature=args.temperature, top_k=args.top_k,
                          top_p=args.top_p, max_new_tokens=args.max_new_tokens, stop=stop,

@@ -33,6 +33,8 @@ from typing import Any, Iterable, Iterator, Protocol
 
 import sentencepiece as spm
 
+from gift import InputError
+
 # Always-whole pieces for notebook code: cell markers, newline/tab, indentation runs. Spaces are
 # written as SentencePiece's "\u2581" because symbols are matched after whitespace is replaced.
 CODE_SYMBOLS = tuple(s.replace(" ", "\u2581") for s in (
@@ -98,6 +100,7 @@ class FolderConfig:
   generation_config.json; every field empty/None when its file is absent."""
   named_tokens: dict[str, str]  # set ones only
   added_tokens: dict[int, tuple[str, bool]]  # added_tokens_decoder: id -> (content, special)
+  extra_special: tuple[str, ...]  # additional_special_tokens (v4) / extra_special_tokens (v5)
   add_bos: bool | None  # add_bos_token when the config states it
   chat_template: str | None
   generation_eos_ids: tuple[int, ...]
@@ -105,14 +108,17 @@ class FolderConfig:
   @classmethod
   def read(cls, folder: str | None) -> "FolderConfig":
     if not folder:
-      return cls({}, {}, None, None, ())
+      return cls({}, {}, (), None, None, ())
     config = _read_json(os.path.join(folder, "tokenizer_config.json"))
-    named = {k: s for k, v in _read_json(os.path.join(folder, "special_tokens_map.json")).items()
-             if k in NAMED_TOKENS and (s := _token_text(v))}
+    special_map = _read_json(os.path.join(folder, "special_tokens_map.json"))
+    named = {k: s for k, v in special_map.items() if k in NAMED_TOKENS and (s := _token_text(v))}
     named.update({k: _token_text(config[k]) for k in NAMED_TOKENS if k in config})
     named = {k: v for k, v in named.items() if v}
     added = {int(i): (_token_text(t), bool(t.get("special", False)))
              for i, t in (config.get("added_tokens_decoder") or {}).items()}
+    extra = [_token_text(t) for source in (special_map, config)
+             for key in ("additional_special_tokens", "extra_special_tokens")
+             for t in (source.get(key) or [])]
     template = config.get("chat_template")
     if isinstance(template, list):  # [{"name": ..., "template": ...}]: the default one
       template = next((t["template"] for t in template if t.get("name") == "default"), None)
@@ -123,11 +129,11 @@ class FolderConfig:
     eos = _read_json(os.path.join(folder, "generation_config.json")).get("eos_token_id")
     eos = [eos] if isinstance(eos, int) else list(eos or [])
     if not all(isinstance(i, int) for i in eos):
-      raise ValueError(f"{folder}/generation_config.json: eos_token_id={eos!r}; expected an int "
+      raise InputError(f"{folder}/generation_config.json: eos_token_id={eos!r}; expected an int "
                        "or a list of ints")
     add_bos = config.get("add_bos_token")  # gift adds EOS itself: add_eos_token is not read
-    return cls(named, added, None if add_bos is None else bool(add_bos), template or None,
-               tuple(eos))
+    return cls(named, added, tuple(dict.fromkeys(t for t in extra if t)),
+               None if add_bos is None else bool(add_bos), template or None, tuple(eos))
 
 
 def _read_json(path: str) -> dict:
@@ -137,9 +143,9 @@ def _read_json(path: str) -> dict:
     with open(path, encoding="utf-8") as f:
       out = json.load(f)
   except (json.JSONDecodeError, UnicodeDecodeError) as e:
-    raise ValueError(f"{path}: not valid JSON ({e})") from e
+    raise InputError(f"{path}: not valid JSON ({e})") from e
   if not isinstance(out, dict):
-    raise ValueError(f"{path}: expected a JSON object, got {type(out).__name__}")
+    raise InputError(f"{path}: expected a JSON object, got {type(out).__name__}")
   return out
 
 
@@ -172,11 +178,11 @@ class SentencePieceTokenizer:
     try:
       self.sp.Load(path)
     except Exception as e:
-      raise ValueError(f"{path!r} is not a SentencePiece model: {e}") from e
+      raise InputError(f"{path!r} is not a SentencePiece model: {e}") from e
     self.vocab_size = self.sp.GetPieceSize()
     self.bos_id, self.eos_id = self.sp.bos_id(), self.sp.eos_id()
     if self.bos_id < 0 or self.eos_id < 0:
-      raise ValueError(f"tokenizer {path!r} defines no BOS or EOS id "
+      raise InputError(f"tokenizer {path!r} defines no BOS or EOS id "
                        f"(bos={self.bos_id}, eos={self.eos_id})")
     # Llama's model has no pad piece (pad_id -1): pad with 0 (<unk>); pads are always masked.
     self.pad_id = self.sp.pad_id() if self.sp.pad_id() >= 0 else 0
@@ -231,7 +237,8 @@ class HFTokenizer:
   `AutoTokenizer` reads the folder:
 
   - Special tokens: bos/eos/pad/unk from tokenizer_config.json (or special_tokens_map.json);
-    named ones the vocabulary lacks are added, as transformers adds them. No BOS is fine (Qwen).
+    those, `added_tokens_decoder`'s and `additional_special_tokens` are added when the
+    vocabulary lacks them, as transformers does. No BOS is fine (Qwen).
   - BOS: added when tokenizer.json's post-processor adds it (Llama 3), or when the config sets
     `add_bos_token` (which overrides the post-processor, as transformers does). gift adds it
     itself (`add_bos`), so the post-processor never runs and BOS is never doubled.
@@ -250,12 +257,14 @@ class HFTokenizer:
       # unlike flipping one instance's flag per call).
       self._plain, self._special = RustTokenizer.from_file(path), RustTokenizer.from_file(path)
     except Exception as e:
-      raise ValueError(f"{path} is not a Hugging Face tokenizer.json: {e}") from e
+      raise InputError(f"{path} is not a Hugging Face tokenizer.json: {e}") from e
+    # Special tokens the config names but the vocabulary lacks are added, as transformers adds
+    # them at load time (tokens tokenizer.json has keep its flags there, as in transformers).
+    specials = [content for _, (content, special) in sorted(cfg.added_tokens.items()) if special]
+    specials += [*cfg.named_tokens.values(), *cfg.extra_special]
     for tok in (self._plain, self._special):
       known = tok.get_vocab(with_added_tokens=True)
-      missing = [content for _, (content, special) in sorted(cfg.added_tokens.items())
-                 if special and content not in known]
-      missing += [t for t in cfg.named_tokens.values() if t not in known and t not in missing]
+      missing = list(dict.fromkeys(t for t in specials if t not in known))
       if missing:
         tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in missing])
     self._plain.encode_special_tokens = True
@@ -267,7 +276,7 @@ class HFTokenizer:
     if eos_id is None:
       eos_id = cfg.generation_eos_ids[0] if cfg.generation_eos_ids else None
     if eos_id is None:
-      raise ValueError(f"{folder}: no EOS token (tokenizer_config.json eos_token, or "
+      raise InputError(f"{folder}: no EOS token (tokenizer_config.json eos_token, or "
                        "generation_config.json eos_token_id); generation could never stop")
     self.eos_id = eos_id
     pad_id = name_id("pad_token")
@@ -286,7 +295,7 @@ class HFTokenizer:
       lead = list(itertools.takewhile(lambda x: x[1], zip(enc.ids, enc.special_tokens_mask)))
       prefix = [i for i, _ in lead]
       if prefix not in ([], [self.bos_id]):
-        raise ValueError(f"{path}: the post-processor puts {prefix} before the text; gift "
+        raise InputError(f"{path}: the post-processor puts {prefix} before the text; gift "
                          f"supports only the BOS token ({self.bos_id}) there")
       self.add_bos = bool(prefix)
 
@@ -323,7 +332,7 @@ def load(path: str | None, vocab_size: int | None = None) -> Tokenizer:
   else:
     tok = SentencePieceTokenizer(path)
   if vocab_size is not None and tok.vocab_size > vocab_size:
-    raise ValueError(f"tokenizer {path or 'bytes'} has {tok.vocab_size} ids but the model's "
+    raise InputError(f"tokenizer {path or 'bytes'} has {tok.vocab_size} ids but the model's "
                      f"vocab_size is {vocab_size}; set model.vocab_size >= {tok.vocab_size}")
   return tok
 
@@ -448,7 +457,7 @@ def render_chat(tokenizer: Tokenizer, messages: list[dict], add_generation_promp
   """
   import jinja2
   if not tokenizer.chat_template:
-    raise ValueError(f"tokenizer {tokenizer.path or '(bytes)'} has no chat template (no "
+    raise InputError(f"tokenizer {tokenizer.path or '(bytes)'} has no chat template (no "
                      "chat_template in its tokenizer_config.json and no chat_template.jinja); "
                      "use a plain prompt, or an instruct model's tokenizer folder")
   messages = [{k: v for k, v in m.items() if v is not None} for m in messages]
@@ -457,7 +466,7 @@ def render_chat(tokenizer: Tokenizer, messages: list[dict], add_generation_promp
     return _compile_template(tokenizer.chat_template).render(
         messages=messages, add_generation_prompt=add_generation_prompt, **variables)
   except jinja2.exceptions.TemplateError as e:  # raise_exception(), syntax errors
-    raise ValueError(f"chat template of {tokenizer.path}: {type(e).__name__}: {e}") from e
+    raise InputError(f"chat template of {tokenizer.path}: {type(e).__name__}: {e}") from e
 
 
 def encode_chat(tokenizer: Tokenizer, messages: list[dict], add_generation_prompt: bool = True,
@@ -521,7 +530,7 @@ def chat_frame(tokenizer: Tokenizer) -> ChatFrame:
   slot, answer = "\U000f0002", "\U000f0003"  # private-use stand-ins for the content
   text = render_chat(tokenizer, user_turn(slot))
   if text.count(slot) != 1:
-    raise ValueError(f"chat template of {tokenizer.path} does not show a user message's content "
+    raise InputError(f"chat template of {tokenizer.path} does not show a user message's content "
                      "exactly once; gift cannot frame prompts with it")
   head, tail = text.split(slot)
   done = render_chat(tokenizer, user_turn(slot) + [{"role": "assistant", "content": answer}],
@@ -600,7 +609,7 @@ def read_corpus(patterns: Iterable[str]) -> Iterator[str]:
               try:
                 row = json.loads(line)
               except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{n}: not a JSON line ({e})") from e
+                raise InputError(f"{path}:{n}: not a JSON line ({e})") from e
               yield "\n".join(v for v in row.values() if isinstance(v, str))
         else:
           yield f.read()

@@ -62,9 +62,6 @@ def main(argv: list[str]) -> int:
   except NonFiniteLossError as e:
     print(f"gift train: {e}", file=sys.stderr)
     return 1
-  except config_lib.ConfigError as e:  # e.g. config.model contradicts init_from's shape
-    print(f"gift train: {e}", file=sys.stderr)
-    return 2
   return 0
 
 
@@ -94,6 +91,7 @@ def train(cfg: Any, workdir: str) -> dict[str, Any]:
   from gift import checkpoint as ckpt_lib
   from gift import config as config_lib
   from gift import flops as flops_lib
+  from gift import lora as lora_lib
   from gift import metrics as metrics_lib
   from gift import sharding
   from gift import step as step_lib
@@ -110,6 +108,10 @@ def train(cfg: Any, workdir: str) -> dict[str, Any]:
   # Model config and tokenizer (fine-tuning takes both from `init_from` unless overridden).
   # -------------------------------------------------------------------------------------------
   model_cfg = config_lib.model_config(cfg)  # with init_from: the checkpoint's shape
+  lcfg = lora_lib.config_of(cfg)  # LoRA/QLoRA: the trained `params` are the adapters only
+  if lcfg is not None and not cfg.init_from:
+    raise ValueError(f"train.peft={lcfg.peft!r} adapts a base model: set config.init_from to a "
+                     "gift checkpoint (e.g. from `gift import-hf`)")
   if os.path.exists(os.path.join(workdir, ckpt_lib.MODEL_CONFIG)):
     _check_same_model(model_cfg, ckpt_lib.read_model_config(workdir), f"the workdir {workdir}")
   tok_path = cfg.tokenizer or (ckpt_lib.tokenizer_path(cfg.init_from) if cfg.init_from else None)
@@ -117,6 +119,10 @@ def train(cfg: Any, workdir: str) -> dict[str, Any]:
   if cfg.data.chat_template:
     tokenizer_lib.chat_frame(tok)  # fails now, naming the tokenizer, if it has no template
   ckpt_lib.write_root(workdir, model_cfg, tok.path, cfg.to_dict())
+  if lcfg is not None:
+    from gift import peft_io
+    base_dir, init_adapters_dir = peft_io.resolve(cfg.init_from)
+    peft_io.write_root(workdir, lcfg, base_dir)
 
   # -------------------------------------------------------------------------------------------
   # Mesh and shardings: parameters by the logical-axis rules, batch rows over (data, fsdp).
@@ -141,17 +147,34 @@ def train(cfg: Any, workdir: str) -> dict[str, Any]:
   # Optimizer and the jitted, donated update step.
   # -------------------------------------------------------------------------------------------
   optimizer = step_lib.make_optimizer(cfg.train)
-  p_shardings, o_shardings = step_lib.state_shardings(model_cfg, optimizer, mesh)
+  if lcfg is None:
+    p_shardings, o_shardings = step_lib.state_shardings(model_cfg, optimizer, mesh)
+  else:  # `params` = the adapters; the frozen base is an argument of the step, never updated
+    _, p_shardings, o_shardings = lora_lib.state_shardings(model_cfg, lcfg, optimizer, mesh)
 
   def with_sharding(tree, shardings):
     return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
                         tree, shardings)
 
-  abstract_params = with_sharding(transformer.abstract_params(model_cfg), p_shardings)
+  abstract_params = with_sharding(
+      transformer.abstract_params(model_cfg) if lcfg is None else
+      lora_lib.abstract_adapters(model_cfg, lcfg), p_shardings)
   abstract_opt = with_sharding(jax.eval_shape(optimizer.init, abstract_params), o_shardings)
-  train_step = step_lib.make_train_step(model_cfg, optimizer, grad_accum=cfg.train.grad_accum,
-                                        mesh=mesh)
-  eval_step = step_lib.make_eval_step(model_cfg, mesh)
+  if lcfg is None:
+    train_step = step_lib.make_train_step(model_cfg, optimizer, grad_accum=cfg.train.grad_accum,
+                                          mesh=mesh)
+    eval_step = step_lib.make_eval_step(model_cfg, mesh)
+  else:
+    base = peft_io.load_base(base_dir, model_cfg, lcfg, mesh)
+    lora_step = lora_lib.make_train_step(model_cfg, lcfg, optimizer,
+                                         grad_accum=cfg.train.grad_accum, mesh=mesh, seed=cfg.seed)
+    lora_eval = lora_lib.make_eval_step(model_cfg, lcfg, mesh)
+    train_step = lambda p, o, b: lora_step(base, p, o, b)  # noqa: E731
+    eval_step = lambda p, b: lora_eval(base, p, b)  # noqa: E731
+    say(f"{lcfg.peft}: rank {lcfg.rank}, alpha {lcfg.alpha:g}, "
+        f"{len(lora_lib.targets(model_cfg, lcfg))} targets, "
+        f"{sum(x.size for x in jax.tree.leaves(abstract_params)):,} trainable parameters; "
+        f"base {base_dir}", flush=True)
 
   # -------------------------------------------------------------------------------------------
   # Checkpoint: resume from the workdir's latest readable step, else initialize.
@@ -168,7 +191,19 @@ def train(cfg: Any, workdir: str) -> dict[str, Any]:
     say(f"resumed from step {start_step}", flush=True)
   else:
     start_step = 0
-    if cfg.init_from:
+    if lcfg is not None:
+      if init_adapters_dir:  # continue from a LoRA checkpoint's (e.g. an imported) adapters
+        params = peft_io.load_adapters(init_adapters_dir, shardings=p_shardings)
+        got = peft_io.read_root(init_adapters_dir)[0]
+        if (got.rank, got.targets) != (lcfg.rank, lcfg.targets):
+          raise ValueError(f"init_from={cfg.init_from} holds rank {got.rank} adapters on "
+                           f"{got.targets!r}; set lora.rank and lora.targets to match")
+      else:
+        params = jax.jit(lambda r: lora_lib.init_adapters(model_cfg, lcfg, r),
+                         out_shardings=p_shardings)(jax.random.key(cfg.seed))
+      opt_state = jax.jit(optimizer.init, out_shardings=o_shardings)(params)
+      say(f"initialized adapters on the base {base_dir}", flush=True)
+    elif cfg.init_from:
       _, params, _ = ckpt_lib.load_model(cfg.init_from, shardings=p_shardings)
       opt_state = jax.jit(optimizer.init, out_shardings=o_shardings)(params)
       say(f"initialized from {cfg.init_from}", flush=True)
@@ -180,6 +215,9 @@ def train(cfg: Any, workdir: str) -> dict[str, Any]:
   # -------------------------------------------------------------------------------------------
   writer = metrics_lib.MetricsWriter(workdir, enabled=is_main)
   flops_per_token = flops_lib.train_flops_per_token(model_cfg, seq_len)
+  if lcfg is not None:  # the frozen weights get no dW (2 x matmul params); adapters get all 6
+    flops_per_token += (6 * sum(x.size for x in jax.tree.leaves(abstract_params))
+                        - 2 * flops_lib.matmul_params(model_cfg))
   peak = flops_lib.peak_flops(jax.devices()[0].device_kind)
   tokens_per_step = batch_size * seq_len
 
@@ -192,7 +230,11 @@ def train(cfg: Any, workdir: str) -> dict[str, Any]:
   evaluated = set()
 
   def run_exec_eval(step: int) -> None:
-    exec_eval.run(step, params)
+    if lcfg is None:
+      exec_eval.run(step, params)
+    else:  # the sampler runs the merged model (in the compute dtype)
+      exec_eval.run(step, jax.jit(lambda b, a: lora_lib.merge(
+          model_cfg, lcfg, b, a, jax.numpy.dtype(model_cfg.dtype)))(base, params))
     evaluated.add(step)
 
   def log_exec_eval(wait: bool = False) -> None:

@@ -40,6 +40,9 @@ TOKENIZER_CORPUS = [
 CHATML = ("{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + "
           "message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}"
           "{{ '<|im_start|>assistant\n' }}{% endif %}")
+LLAMA2_CHAT = ("{{ bos_token }}{% for m in messages %}{% if m['role'] == 'user' %}"
+               "{{ '[INST] ' + m['content'] | trim + ' [/INST]' }}{% else %}"
+               "{{ ' ' + m['content'] | trim + ' ' + eos_token }}{% endif %}{% endfor %}")
 LLAMA3_CHAT = ("{{- bos_token }}{% for message in messages %}{{ '<|start_header_id|>' + "
                "message['role'] + '<|end_header_id|>\n\n' + message['content'] | trim + "
                "'<|eot_id|>' }}{% endfor %}{% if add_generation_prompt %}"
@@ -47,13 +50,25 @@ LLAMA3_CHAT = ("{{- bos_token }}{% for message in messages %}{{ '<|start_header_
 
 
 def build_hf_tokenizer(out_dir, kind: str, vocab_size: int = 400) -> str:
-  """A Qwen-like ("qwen": no BOS, `<|endoftext|>` and `<|im_end|>` EOS ids, ChatML) or
-  Llama-3-like ("llama3": BOS added by the post-processor, two EOS ids) tokenizer folder."""
+  """A Qwen-like ("qwen": no BOS, `<|endoftext|>` and `<|im_end|>` EOS ids, ChatML),
+  Llama-3-like ("llama3": BOS added by the post-processor, two EOS ids) or Llama-2-like
+  ("llama2": SentencePiece-style BPE with a Metaspace pre-tokenizer, `add_bos_token`)
+  tokenizer folder."""
   import json
 
   import transformers
   from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
+  if kind == "llama2":
+    from tokenizers import SentencePieceBPETokenizer
+    sp = SentencePieceBPETokenizer()
+    sp.train_from_iterator(TOKENIZER_CORPUS + ["<s> </s> [INST] a/b"], vocab_size=vocab_size,
+                           special_tokens=["<unk>", "<s>", "</s>"], show_progress=False)
+    fast = transformers.PreTrainedTokenizerFast(
+        tokenizer_object=sp._tokenizer, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
+        add_bos_token=True, chat_template=LLAMA2_CHAT)
+    fast.save_pretrained(str(out_dir))
+    return str(out_dir)
   specials = {"qwen": ["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
               "llama3": ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>",
                          "<|end_header_id|>", "<|eot_id|>"]}[kind]
@@ -88,6 +103,12 @@ def build_hf_tokenizer(out_dir, kind: str, vocab_size: int = 400) -> str:
 def qwen_tokenizer_dir(tmp_path_factory) -> str:
   pytest.importorskip("transformers")
   return build_hf_tokenizer(tmp_path_factory.mktemp("qwen_tok"), "qwen")
+
+
+@pytest.fixture(scope="session")
+def llama2_tokenizer_dir(tmp_path_factory) -> str:
+  pytest.importorskip("transformers")
+  return build_hf_tokenizer(tmp_path_factory.mktemp("llama2_tok"), "llama2")
 
 
 @pytest.fixture(scope="session")

@@ -302,3 +302,15 @@ def test_config_vocab_larger_than_the_tokenizer_is_kept(tmp_path):
   hf.export_hf(cfg, params, out, tokenizer_path=spm)
   with open(os.path.join(out, "config.json")) as f:
     assert json.load(f)["vocab_size"] == 320
+
+
+def test_export_refuses_a_config_no_architecture_expresses():
+  from gift.model import presets
+  cfg = presets.get_preset("test_tiny", final_logit_softcap=30.0)  # soft-cap without Gemma math
+  with pytest.raises(ValueError, match="(?s)no Hugging Face architecture.*final_logit_softcap"):
+    hf.config_to_hf(cfg)
+  starcoder = presets.get_preset("starcoder2-3b", head_dim=64)
+  with pytest.raises(ValueError, match="head_dim"):
+    hf.config_to_hf(starcoder, architecture="Starcoder2ForCausalLM")
+  assert hf.config_to_hf(presets.get_preset("qwen2.5-coder-7b"))["architectures"] == [
+      "Qwen2ForCausalLM"]

@@ -152,7 +152,9 @@ def test_logits_match_transformers_full_sequence_and_kv_cache(built, family):
   np.testing.assert_array_less(np.abs(np.concatenate(got, axis=1) - ref), 1e-4)
 
 
-@pytest.mark.parametrize("family", ["gemma2", "qwen2", "gemma3", "llama3"])
+@pytest.mark.parametrize("family", ["gemma2", "gemma3",
+                                    pytest.param("qwen2", marks=pytest.mark.slow),
+                                    pytest.param("llama3", marks=pytest.mark.slow)])
 def test_each_trap_changes_the_logits(built, family):
   """The checks above are not vacuous: turning the family's feature off moves the logits."""
   model, _, (cfg, params) = built(family)
@@ -249,7 +251,7 @@ def test_train_step_from_imported_checkpoint_all_families(built, family):
   _train_step_moves_weights(built, family)
 
 
-@pytest.mark.parametrize("layout", ["v4", "v5"])
+@pytest.mark.parametrize("layout", ["v4", pytest.param("v5", marks=pytest.mark.slow)])
 def test_gemma3_multimodal_checkpoint_imports_its_text_tower(tmp_path, layout):
   """Gemma3ForConditionalGeneration: the decoder under `language_model.model.` (as
   save_pretrained writes it) or `model.language_model.` (transformers v5's module names),

@@ -83,3 +83,12 @@ def test_shipped_qwen25_coder_7b_configs_fit(repo_root, config, devices):
   # 80 GB H100s / 32 GB TPU v4 chips (the smallest the configs name), with room to spare.
   budget = (80 if devices == 8 else 32) * 2**30
   assert per_device["states_total"] + per_device["activations_estimate"] < 0.8 * budget
+
+
+def test_sliding_window_layers_count_only_the_keys_they_see():
+  m = presets.get_preset("gemma2-2b")  # half the layers slide over 4096 keys
+  full = m.replace(sliding_window=0, layer_types=())
+  # T = 8192: a sliding layer sees 4096 - 4096^2 / 16384 = 3072 keys on average, a full one 4096.
+  assert flops.attention_flops_per_token(m, 8192) == pytest.approx(
+      0.875 * flops.attention_flops_per_token(full, 8192))
+  assert flops.attention_flops_per_token(m, 2048) == flops.attention_flops_per_token(full, 2048)

@@ -21,7 +21,7 @@ TEXTS = [
     "<|im_start|>user\nforged turn<|im_end|>",
     "a non-special added token <think> stays one token",
     "", " ", "\n\n\n", "    ", "tail spaces   ", "ünïcödé only",
-    "mixed 🐼<|endoftext|>🐼 glued",
+    "mixed 🐼<|endoftext|>🐼 glued", "a missing special <|new_special|> added by the config",
 ]
 KINDS = ["qwen", "llama3"]
 
@@ -91,6 +91,8 @@ def test_v4_style_config_with_template_and_added_tokens_inside(qwen_tokenizer_di
              added_tokens_decoder={str(i): {"content": t, "special": True}
                                    for t, i in new.special_tokens.items()})
   cfg["eos_token"] = {"__type": "AddedToken", "content": "<|im_end|>", "special": True}
+  # Listed as special but not so in tokenizer.json: transformers leaves it a plain added token.
+  cfg["additional_special_tokens"] = ["<think>", "<|new_special|>"]
   (folder / "tokenizer_config.json").write_text(json.dumps(cfg))
   (folder / "special_tokens_map.json").write_text(json.dumps({"pad_token": "<|endoftext|>"}))
   tok = tokenizer_lib.load(str(folder))
@@ -101,6 +103,12 @@ def test_v4_style_config_with_template_and_added_tokens_inside(qwen_tokenizer_di
   theirs = transformers.AutoTokenizer.from_pretrained(str(folder))
   assert tokenizer_lib.render_chat(tok, msgs) == theirs.apply_chat_template(
       msgs, tokenize=False, add_generation_prompt=True)
+  assert "<think>" not in tok.special_tokens and "<|new_special|>" in tok.special_tokens
+  assert tok.vocab_size == new.vocab_size + 1 == len(theirs)
+  for text in TEXTS:
+    assert tok.encode(text) == theirs.encode(text, add_special_tokens=False,
+                                             split_special_tokens=True), text
+    assert tok.encode(text, allow_special=True) == theirs.encode(text, add_special_tokens=False)
 
 
 def test_stream_decoder_never_yields_a_broken_character(folder):
@@ -272,3 +280,22 @@ def test_templates_with_generation_blocks_and_tool_checks_render_as_transformers
               {"role": "assistant", "content": "ok"}, {"role": "user", "content": "more"}]
   assert tokenizer_lib.render_chat(ours, messages) == theirs.apply_chat_template(
       messages, tokenize=False, add_generation_prompt=True)
+
+
+def test_sentencepiece_style_tokenizer_json_equals_transformers(llama2_tokenizer_dir):
+  """Llama 2 / CodeLlama / Gemma style: a Metaspace pre-tokenizer (a space starts every text),
+  BOS from `add_bos_token`; pieces inside a chat are encoded without that start space."""
+  ours = tokenizer_lib.load(llama2_tokenizer_dir)
+  theirs = transformers.AutoTokenizer.from_pretrained(llama2_tokenizer_dir)
+  assert ours.add_bos and ours.bos_id == theirs.bos_token_id
+  for text in TEXTS:
+    assert ours.encode(text) == theirs.encode(text, add_special_tokens=False,
+                                              split_special_tokens=True), text
+    assert tokenizer_lib.prompt_ids(ours, text) == theirs(text, split_special_tokens=True)[
+        "input_ids"], text
+  messages = CONVERSATIONS[1][1:] + [{"role": "user", "content": "a </s> [/INST] b"}]
+  assert tokenizer_lib.render_chat(ours, messages) == theirs.apply_chat_template(
+      messages, tokenize=False, add_generation_prompt=True)
+  assert tokenizer_lib.encode_chat(ours, messages) == theirs.apply_chat_template(
+      messages, tokenize=True, return_dict=False, add_generation_prompt=True,
+      sanitize_control_tokens=True)

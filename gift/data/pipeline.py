@@ -113,9 +113,10 @@ class JsonlSource:
 
 def make_source(data_cfg: Any, split: str, seed: int) -> RecordSource | JsonlSource | None:
   """The source for `split` ("train" or "eval") from the `data` config; None if it has none."""
+  chat = bool(data_cfg.get("chat_template", False))
   if data_cfg.source == "jsonl":
     pattern = data_cfg.path if split == "train" else data_cfg.eval_path
-    return JsonlSource(pattern, data_cfg.chat_template) if pattern else None
+    return JsonlSource(pattern, chat) if pattern else None
   if data_cfg.source != "tfds":
     raise ValueError(f"data.source={data_cfg.source!r}; expected 'tfds' or 'jsonl'")
   if not data_cfg.path:
@@ -125,8 +126,7 @@ def make_source(data_cfg: Any, split: str, seed: int) -> RecordSource | JsonlSou
   if not name:
     return None
   chooser = spec_chooser(data_cfg.spec_kind, data_cfg.spec_mixture, seed)
-  return RecordSource(records.load_split(data_cfg.path, name), chooser, data_cfg.context,
-                      data_cfg.chat_template)
+  return RecordSource(records.load_split(data_cfg.path, name), chooser, data_cfg.context, chat)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -45,6 +45,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--timeout_s", type=float, default=60.0, help="per sandbox job")
     s.add_argument("--memory_mb", type=int, default=4096)
     s.add_argument("--no_progress", action="store_true")
+    s.add_argument("--lora", default="merge", choices=("merge", "unmerged"),
+                   help="a LoRA run: merge the adapters into the base, or run them unmerged")
     s.add_argument("--chat_template", action="store_true",
                    help="send prompts as user turns of the checkpoint tokenizer's chat template "
                         "(instruct checkpoints)")
@@ -75,7 +77,7 @@ def _generator(args) -> tuple[Callable[[list[str], tuple[str, ...]], list[list[s
   seconds spent sampling."""
   from gift.sample import Sampler
 
-  sampler = Sampler.from_checkpoint(args.checkpoint)
+  sampler = Sampler.from_checkpoint(args.checkpoint, merge_lora=args.lora == "merge")
   spent: list[float] = []
 
   def generate(prompts: list[str], stop: tuple[str, ...]) -> list[list[str]]:

@@ -48,6 +48,8 @@ def dense(x: Array, w: Array, contract: int = 1, preferred_element_type=None) ->
   the (wider) output gradient. Materializing x^T behind an optimization barrier makes both
   gradients plain matmuls: the CPU train step of benchmarks/bench_train.py runs ~1.3x faster.
   """
+  if hasattr(w, "dense_apply"):  # a LoRA / quantized weight (gift/lora.py) does its own matmul
+    return w.dense_apply(x, contract, preferred_element_type)
   if _cpu_float32(x, w) and preferred_element_type in (None, jnp.float32):
     return _dense_cpu(x, w, contract)
   return jnp.tensordot(x, w, contract, preferred_element_type=preferred_element_type)

@@ -228,7 +228,7 @@ def _packed_batch():
   return _tokens(2, 15, seed=21), positions, segments
 
 
-@pytest.mark.parametrize("cfg", [TINY, GEMMA_LIKE, SLIDING],
+@pytest.mark.parametrize("cfg", [TINY, GEMMA_LIKE, pytest.param(SLIDING, marks=pytest.mark.slow)],
                          ids=["llama-gqa", "gemma-mqa", "sliding"])
 def test_attention_impl_xla_equals_default_with_packing_and_padding(cfg):
   """jax.nn.dot_product_attention (the path "cudnn" also takes, with the cuDNN kernel) gives
