@@ -544,8 +544,9 @@ class Engine:
 
   def warmup(self, prompt_lengths: Sequence[int] | None = None) -> None:
     """Compiles before the first request: the decode step for every (rows, extent) bucket,
-    and prefills of one prompt per prompt bucket (default: the buckets up to 512 tokens);
-    prefills of several prompts at once compile when first needed. Call before start()."""
+    and prefill + insert of one prompt per prompt bucket (default: the buckets up to 512
+    tokens) and extent; prefills of several prompts at once compile when first needed. Call
+    before start()."""
     alive_b = self._put(np.zeros(self.max_batch, bool))
     for w in self.extent_buckets:
       self._ensure_extent(w)
@@ -553,17 +554,29 @@ class Engine:
         self._state, _ = _decode_jit(self.cfg, self.params, self._state, alive_b, jnp.int32(1),
                                      rows=rows, max_steps=self.decode_steps,
                                      stop_ids=self.stop_ids)
-    self._ensure_extent(1)
     if prompt_lengths is None:
       prompt_lengths = [p for p in self.prompt_buckets if p <= 512]
+    one = lambda x, dtype: jnp.asarray([x], dtype)
+    prefilled = []
     for n in prompt_lengths:
       n = min(n, self.max_seq_len - 1)
       out = _prefill_jit(self.cfg, self.params, jnp.zeros((1, n), jnp.int32),
-                         jnp.ones((1,), jnp.int32), jnp.zeros((1,), jnp.uint32),
-                         jnp.zeros((1,), jnp.int32), jnp.zeros((1,), jnp.float32),
-                         jnp.zeros((1,), jnp.int32), jnp.ones((1,), jnp.float32),
-                         jnp.zeros((1,), bool))
-      jax.block_until_ready(out)
+                         one(1, jnp.int32), one(0, jnp.uint32), one(0, jnp.int32),
+                         one(0, jnp.float32), one(0, jnp.int32), one(1, jnp.float32),
+                         one(False, bool))
+      prefilled.append((n, out))
+    # Inserting one prefilled prompt into every extent it fits (a finished row in slot 0: the
+    # engine is idle), so a new prompt length never stalls the running requests to compile.
+    for w in self.extent_buckets:
+      self._state, self.width = _resize_jit(self._state, w), w
+      for n, (cache, segment_up, keys_u, out) in prefilled:
+        if n <= w:
+          self._state = _insert_jit(
+              self._state, cache, segment_up, keys_u, out.tokens_bk[:, 0], one(1, jnp.int32),
+              one(0, jnp.int32), one(1, jnp.int32), one(0, jnp.float32), one(0, jnp.int32),
+              one(1, jnp.float32), one(False, bool), one(True, bool), stop_ids=self.stop_ids)
+    self._state, self.width = _resize_jit(self._state, self.extent_buckets[0]), \
+        self.extent_buckets[0]
     jax.block_until_ready(self._state)
 
   # ---------------------------------------------------------------------------------------------

@@ -51,7 +51,7 @@ def server(tmp_path_factory):
        "--port", str(port), "--api_key", KEY, "--max_batch", "8"],
       stdout=log, stderr=subprocess.STDOUT, env=_env(), cwd=REPO)
   url = f"http://127.0.0.1:{port}"
-  deadline = time.time() + 300
+  deadline = time.time() + 600  # JAX start-up + the warm-up compiles, on a loaded host
   while True:
     assert proc.poll() is None, open(log_path).read()
     assert time.time() < deadline, "gift serve did not come up:\n" + open(log_path).read()
