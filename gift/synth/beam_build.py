@@ -50,19 +50,26 @@ def _write_json(obj: Any, path: str) -> None:
   os.replace(tmp, path)
 
 
-def _make_backend(cfg: Any) -> backends_lib.Backend:
-  """The backend; a gift checkpoint's sampler is loaded once per worker process."""
+def _make_backend(cfg: Any) -> tuple[backends_lib.Backend, bool]:
+  """(The backend, whether this call loaded a model); a gift checkpoint's sampler is loaded
+  once per worker process."""
   synth = cfg.synth
   if synth.backend != "gift":
-    return backends_lib.make(synth, cfg.seed)
+    return backends_lib.make(synth, cfg.seed), False
   from gift.sample import Sampler
 
-  sampler = beam_lib.acquire(f"sampler:{synth.gift.checkpoint}",
-                             lambda: Sampler.from_checkpoint(synth.gift.checkpoint))
+  loaded = []
+
+  def load():
+    loaded.append(synth.gift.checkpoint)
+    return Sampler.from_checkpoint(synth.gift.checkpoint)
+
+  sampler = beam_lib.acquire(f"sampler:{synth.gift.checkpoint}", load)
   return backends_lib.GiftBackend(synth.gift.checkpoint, synth.temperature,
                                   synth.max_new_tokens, cfg.seed, sampler=sampler,
                                   summaries=synth.llm_summaries,
-                                  summary_max_chars=synth.spec_max_chars.io_summary)
+                                  summary_max_chars=synth.spec_max_chars.io_summary,
+                                  chat_template=synth.gift.chat_template), bool(loaded)
 
 
 def _dofns():
@@ -91,6 +98,7 @@ def _dofns():
       self.cfg_dict, self.workdir, self.require_isolation = cfg_dict, workdir, require_isolation
       self.executed = Metrics.counter("gift", "contexts_executed")
       self.resumed = Metrics.counter("gift", "contexts_resumed")
+      self.loads = Metrics.counter("gift", "models_loaded")  # counted in `process` (a bundle)
 
     def setup(self):
       self.cfg = _config(self.cfg_dict)
@@ -98,7 +106,7 @@ def _dofns():
       self.sandbox_key = "sandbox:" + json.dumps(self.cfg_dict["execution"], sort_keys=True)
       self.sandbox = beam_lib.acquire(self.sandbox_key, lambda: build_lib._sandbox(self.cfg))
       beam_lib.check_isolation(self.sandbox, self.require_isolation)
-      self.backend = _make_backend(self.cfg)
+      self.backend, self.loaded = _make_backend(self.cfg)
 
     def _work(self, element):
       ctx = copy.deepcopy(element)  # the probe completes a context in place
@@ -118,6 +126,9 @@ def _dofns():
       return shard, None
 
     def process(self, element):
+      if self.loaded:
+        self.loads.inc()
+        self.loaded = False
       cid, ctx = element
       shard, failed = beam_lib.with_retries(cid, lambda: self._work(ctx))
       if failed:
@@ -260,7 +271,8 @@ def build(cfg: Any, workdir: str, out_dir: str | None = None, pipeline_options: 
                    "examples_per_s": round(out["kept"] / max(t_end - t0, 1e-9), 2),
                    "resumed_contexts": counters.get("contexts_resumed", 0),
                    "executed_contexts": counters.get("contexts_executed", 0),
-                   "retries": counters.get("retries", 0), "runner": "beam"}
+                   "retries": counters.get("retries", 0),
+                   "models_loaded": counters.get("models_loaded", 0), "runner": "beam"}
   out["dataset_dir"], out["jsonl"] = path, jsonl
   with open(os.path.join(workdir, "card.json"), "w", encoding="utf-8") as f:
     json.dump(out, f, indent=1, sort_keys=True)
