@@ -1,6 +1,8 @@
 """gift: grounded instruction fine-tuning of code LLMs in JAX/Flax."""
 from setuptools import find_packages, setup
 
+SERVE = ["fastapi>=0.110", "uvicorn>=0.29"]
+
 setup(
     name="gift",
     version="0.1.0",
@@ -16,6 +18,8 @@ setup(
         "optax>=0.2.4",
         "orbax-checkpoint>=0.11.0",
         "sentencepiece>=0.2.0",
+        "tokenizers>=0.20",
+        "jinja2>=3.1.6",
         "tensorflow-datasets>=4.9.7",
         "array_record>=0.7.0",
         "importlib_resources>=6.0",
@@ -33,12 +37,17 @@ setup(
         "pyseccomp>=0.1.2",
     ],
     extras_require={
+        "beam": ["apache-beam>=2.60"],  # gift build-data / gift eval --runner beam
+        # `gift serve` (gift/serve/app.py): the ASGI stack, imported only by that command.
+        "serve": SERVE,
         "test": [
             "pytest>=8.0",
             "torch==2.13.0",
             "transformers>=4.50",
             "ruff>=0.6",
-        ],
+            "apache-beam>=2.60",
+            "openai>=1.0",  # the official client, against `gift serve` (tests/serve)
+        ] + SERVE,
     },
     entry_points={"console_scripts": ["gift=gift.cli:main"]},
 )

@@ -135,7 +135,8 @@ class ChildRunner:
     try:
       status, value = self._conn.recv()
     except EOFError:
-      raise RuntimeError(f"benchmark child process died (exit code {self._proc.exitcode})")
+      raise RuntimeError(
+          f"benchmark child process died (exit code {self._proc.exitcode})") from None
     if status == "error":
       raise RuntimeError(f"benchmark child process failed:\n{value}")
     return value

@@ -5,7 +5,10 @@ A *gift checkpoint* is an Orbax `CheckpointManager` directory:
   CKPT/
     model_config.json      ModelConfig fields (always)
     config.json            the run config (when written by `gift train`)
-    tokenizer.model        SentencePiece model (when one is known)
+    tokenizer.json | tokenizer.model   the tokenizer (when one is known): a Hugging Face
+                           tokenizer.json or a SentencePiece model, with tokenizer_config.json,
+                           special_tokens_map.json, chat_template.jinja and
+                           generation_config.json when its source had them
     <step>/params/         the parameter pure dict (see docs/contracts.md), f32
     <step>/opt_state/      optimizer state (training only)
     <step>/data/           input-pipeline state (training only), see gift/data/pipeline.py
@@ -32,7 +35,6 @@ from gift.model.presets import ModelConfig
 
 MODEL_CONFIG = "model_config.json"
 RUN_CONFIG = "config.json"
-TOKENIZER = "tokenizer.model"
 TRAIN_ITEMS = ("params", "opt_state", "data")
 
 log = logging.getLogger(__name__)
@@ -54,7 +56,8 @@ def _write_atomic(path: str, data: bytes) -> None:
 
 def write_root(ckpt_dir: str, model_cfg: ModelConfig, tokenizer_path: str | None = None,
                run_config: Mapping[str, Any] | None = None) -> None:
-  """Writes model_config.json, config.json (if given) and a copy of the tokenizer (if given).
+  """Writes model_config.json, config.json (if given) and a copy of the tokenizer (if given:
+  a `.model` file or a tokenizer folder, see `gift.tokenizer.copy_files`).
 
   Process 0 only writes; other processes return at once.
   """
@@ -67,12 +70,8 @@ def write_root(ckpt_dir: str, model_cfg: ModelConfig, tokenizer_path: str | None
     _write_atomic(os.path.join(ckpt_dir, RUN_CONFIG),
                   json.dumps(run_config, indent=2, default=str).encode())
   if tokenizer_path:
-    dst = os.path.join(ckpt_dir, TOKENIZER)
-    if not os.path.isfile(tokenizer_path):
-      raise FileNotFoundError(f"tokenizer {tokenizer_path!r} not found (copying into {ckpt_dir})")
-    if not (os.path.exists(dst) and os.path.samefile(tokenizer_path, dst)):
-      with open(tokenizer_path, "rb") as f:
-        _write_atomic(dst, f.read())
+    from gift import tokenizer as tokenizer_lib
+    tokenizer_lib.copy_files(tokenizer_path, ckpt_dir)
 
 
 def read_model_config(ckpt_dir: str) -> ModelConfig:
@@ -85,8 +84,9 @@ def read_model_config(ckpt_dir: str) -> ModelConfig:
 
 
 def tokenizer_path(ckpt_dir: str) -> str | None:
-  path = os.path.join(ckpt_dir, TOKENIZER)
-  return path if os.path.isfile(path) else None
+  """The checkpoint folder if it holds a tokenizer (for `gift.tokenizer.load`), else None."""
+  has = lambda name: os.path.isfile(os.path.join(ckpt_dir, name))
+  return ckpt_dir if has("tokenizer.json") or has("tokenizer.model") else None
 
 
 # ---------------------------------------------------------------------------------------------

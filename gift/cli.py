@@ -20,15 +20,17 @@ COMMANDS: dict[str, tuple[str, str]] = {
   "build-data": ("gift.synth.build:main", "build GIFT records from executed samples"),
   "train": ("gift.train:main", "train or fine-tune a model from a config"),
   "sample": ("gift.sample:main", "sample completions from a checkpoint"),
+  "serve": ("gift.serve:main", "OpenAI-compatible HTTP server (needs gift[serve])"),
   "eval": ("gift.eval.cli:main", "execution-based evaluation (DS-1000, ARCADE-style)"),
   "exec": ("gift.execution.cli:main", "run untrusted code in the sandbox, print a JSON verdict"),
   "runtime": ("gift.execution.runtime:main", "create a pinned evaluation runtime (virtualenv)"),
-  "import-hf": ("gift.hf:import_main", "convert a Hugging Face Llama/Gemma checkpoint to gift"),
+  "import-hf": ("gift.hf:import_main",
+                "convert a Hugging Face checkpoint (Llama, Qwen, Gemma, StarCoder2, ...) to gift"),
   "export-hf": ("gift.hf:export_main", "convert a gift checkpoint to Hugging Face format"),
 }
 
 # Commands that run model steps: they re-execute once with gift.cpu_env's malloc tunable.
-CPU_HEAVY = ("quickstart", "train", "sample")
+CPU_HEAVY = ("quickstart", "train", "sample", "serve")
 
 
 def _usage() -> str:

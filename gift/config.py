@@ -12,6 +12,7 @@ closest valid keys. The result is locked: no key can be added afterwards.
 from __future__ import annotations
 
 import ast
+import dataclasses
 import difflib
 import importlib.util
 import os
@@ -33,7 +34,9 @@ def base_config() -> ConfigDict:
   """Every key gift reads, with its default and type."""
   c = ConfigDict()
   c.model = ConfigDict(dict(preset="test_tiny", **presets.get_preset("test_tiny").to_dict()))
-  c.tokenizer = ""  # path to a SentencePiece .model; "" = byte-level vocab of the model's size
+  # A SentencePiece .model, or a folder with tokenizer.json (Hugging Face) or tokenizer.model;
+  # "" = init_from's tokenizer, else a byte-level vocabulary.
+  c.tokenizer = ""
   c.init_from = ""  # gift checkpoint dir (e.g. from `gift import-hf`) to fine-tune from
   c.seed = 0
 
@@ -56,6 +59,7 @@ def base_config() -> ConfigDict:
       pack=True,
       num_epochs=0,  # 0: repeat forever (steps set the length)
       prefetch=2,  # batches built ahead in a background thread
+      chat_template=False,  # prompts as a user turn of the tokenizer's chat template (instruct)
   ))
 
   c.train = ConfigDict(dict(
@@ -88,6 +92,7 @@ def base_config() -> ConfigDict:
       contexts=("bundled",),  # "bundled" and/or paths: CSV folders/files, .ipynb folders/files
       num_bundled=24, bundled_real=True,  # generated contexts; + matplotlib's sample CSVs
       max_file_mb=20.0,
+      data_dirs=(),  # more folders the notebooks read (besides their own), shown read-only
       backend="templates",  # templates | gift | openai
       operations=(),  # templates: subset of templates.OPERATIONS; () = all
       intents_per_context=96, samples_per_intent=3,
@@ -95,7 +100,7 @@ def base_config() -> ConfigDict:
       validation_fraction=0.1, max_contexts=0,  # 0 = all
       spec_max_chars=ConfigDict(dict(typedesc=600, io_examples=1200, io_summary=600)),
       example_rows=3, example_cols=8, example_cell_chars=20, output_repr_chars=1500,
-      gift=ConfigDict(dict(checkpoint="")),
+      gift=ConfigDict(dict(checkpoint="", chat_template=False)),
       openai=ConfigDict(dict(base_url="", model="", api_key_env="OPENAI_API_KEY",
                              endpoint="chat", timeout_s=60.0, max_retries=4, backoff_s=1.0,
                              concurrency=8)),
@@ -261,5 +266,40 @@ def open_recipe(cfg: ConfigDict) -> ConfigDict:
   return cfg
 
 
+# Model fields a run may choose freely (numerics, memory, kernels); the others are the model's
+# shape, which a checkpoint fixes.
+FREE_MODEL_FIELDS = ("dtype", "remat_policy", "scan_layers", "max_seq_len", "attention_impl")
+
+
 def model_config(cfg: ConfigDict) -> presets.ModelConfig:
-  return presets.ModelConfig.from_dict(cfg.model)
+  """The run's model: `config.model`, or with `init_from` the checkpoint's shape with
+  `config.model`'s numerics (see `model_from_checkpoint`)."""
+  stated = presets.ModelConfig.from_dict(cfg.model)
+  if not cfg.get("init_from"):
+    return stated
+  from gift import checkpoint
+  default = presets.ModelConfig.from_dict(base_config().model)
+  return model_from_checkpoint(stated, default, checkpoint.read_model_config(cfg.init_from),
+                               f"init_from={cfg.init_from}")
+
+
+def model_from_checkpoint(stated: presets.ModelConfig, default: presets.ModelConfig,
+                          ckpt: presets.ModelConfig, where: str) -> presets.ModelConfig:
+  """A fine-tuning run's model: `ckpt`'s shape with the run's numerics.
+
+  `stated` is config.model, `default` base_config()'s: a field config.model leaves at its default
+  is not stated. Shape fields come from the checkpoint; one that config.model states with another
+  value is an error naming it. Free fields (FREE_MODEL_FIELDS) come from config.model, except
+  max_seq_len, which keeps the checkpoint's unless stated.
+  """
+  fields = [f.name for f in dataclasses.fields(ckpt)]
+  bad = [k for k in fields if k not in FREE_MODEL_FIELDS
+         and getattr(stated, k) != getattr(default, k) and getattr(stated, k) != getattr(ckpt, k)]
+  if bad:
+    raise ConfigError(f"config.model contradicts {where}: " + ", ".join(
+        f"config.model.{k}={getattr(stated, k)!r} but the checkpoint has {k}="
+        f"{getattr(ckpt, k)!r}" for k in bad) + "; with init_from the shape comes from the "
+        "checkpoint: leave these unset (or set them to the checkpoint's values)")
+  free = {k: getattr(stated, k) for k in FREE_MODEL_FIELDS
+          if k != "max_seq_len" or stated.max_seq_len != default.max_seq_len}
+  return ckpt.replace(**free)

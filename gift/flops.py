@@ -2,11 +2,12 @@
 
 Training FLOPs per token = 6 * M + 6 * L * T * N * H, where
   M = matmul parameters seen by each token: L * (D*N*H [q] + 2*D*K*H [k, v] + N*H*D [o]
-      + 3*D*F [gate, up, down]) + D*V [unembedding, counted even when tied; the embedding
-      lookup is a gather, not a matmul],
+      + 3*D*F [gate, up, down]; 2*D*F for a plain MLP) + D*V [unembedding, counted even when
+      tied; the embedding lookup is a gather, not a matmul],
   6 = 2 (multiply-add) * 3 (forward + backward for inputs and for weights),
   6 * L * T * N * H = causal attention: QK^T and PV, 2 * 2 * T * N * H FLOPs per token and
       layer forward, halved by the causal mask, times 3 for training. T = sequence length.
+      A sliding-window layer (window W < T) sees W - W^2 / 2T keys on average, not T / 2.
 MFU = achieved FLOP/s / peak FLOP/s, with the peak of the device's dense bf16 matmul units.
 """
 from __future__ import annotations
@@ -52,13 +53,19 @@ def peak_flops(device_kind: str) -> float | None:
 def matmul_params(cfg: ModelConfig) -> int:
   """M: parameters in matmuls per token, including the (possibly tied) unembedding."""
   d, n, k, h, f = cfg.d_model, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.mlp_dim
-  per_layer = d * n * h + 2 * d * k * h + n * h * d + 3 * d * f
+  per_layer = d * n * h + 2 * d * k * h + n * h * d + (3 if cfg.mlp_gated else 2) * d * f
   return cfg.num_layers * per_layer + d * cfg.vocab_size
 
 
 def attention_flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
-  """Causal attention score and value FLOPs per token for training (fwd + bwd)."""
-  return 6.0 * cfg.num_layers * seq_len * cfg.num_heads * cfg.head_dim
+  """Causal attention score and value FLOPs per token for training (fwd + bwd): 12 * N * H per
+  key seen, T/2 keys on average for a full layer (6 * T * N * H), W - W^2 / 2T for a sliding
+  layer of window W < T."""
+  t, w = seq_len, cfg.sliding_window
+  per_layer = [12.0 * cfg.num_heads * cfg.head_dim * (w - w * w / (2 * t) if sliding and w < t
+                                                      else t / 2)
+               for sliding in cfg.sliding_layers]
+  return sum(per_layer)
 
 
 def train_flops_per_token(cfg: ModelConfig, seq_len: int) -> float:

@@ -1,5 +1,5 @@
 """`gift plan --config FILE [--config.x=...] [--num_devices N] [--json]`: size a run, allocate
-nothing.
+nothing. `gift plan --presets` lists the model presets with their parameter counts.
 
 Shapes come from `jax.eval_shape`; per-device memory from the sharding rules applied to the
 configured mesh sizes (no real mesh is built, so a laptop can plan a pod; when the mesh has a -1,
@@ -55,7 +55,8 @@ def plan(cfg, num_devices: int | None = None) -> dict[str, Any]:
              + 2 * rows_dev * seq_len * model_cfg.vocab_size * 4 / sizes["tensor"])
   fpt = flops.train_flops_per_token(model_cfg, seq_len)
   return dict(
-      model=cfg.model.get("preset", ""), num_params=num_params,
+      model=f"init_from={cfg.init_from}" if cfg.get("init_from") else cfg.model.get("preset", ""),
+      num_params=num_params,
       matmul_params=flops.matmul_params(model_cfg),
       param_bytes=param_bytes, grad_bytes=param_bytes, opt_state_bytes=opt_bytes,
       flops_per_token=fpt, attention_flops_per_token=flops.attention_flops_per_token(
@@ -93,7 +94,7 @@ def format_plan(p: dict[str, Any], model_cfg) -> str:
       f"  AdamW state (f32)   {_gib(p['opt_state_bytes'])}",
       f"FLOPs per token       {p['flops_per_token']:.4g} = 6 x {p['matmul_params']:,} matmul "
       f"params + causal attention 6*L*T*N*H = {p['attention_flops_per_token']:.4g} "
-      f"(T={p['seq_len']})",
+      f"(T={p['seq_len']}{'; sliding layers see fewer keys' if any(m.sliding_layers) else ''})",
       f"FLOPs per step        {p['flops_per_step']:.4g} ({p['global_batch']} rows x "
       f"{p['seq_len']} tokens)",
       f"mesh                  {p['mesh']} = {p['num_devices']} devices",
@@ -110,12 +111,47 @@ def format_plan(p: dict[str, Any], model_cfg) -> str:
   return "\n".join(lines)
 
 
+def _features(m) -> str:
+  """The model's non-Llama math, in ModelConfig field terms."""
+  out = [f"{m.mlp_activation}{'' if m.mlp_gated else ' plain-mlp'}"]
+  out += [name for name in ("qkv_bias", "o_bias", "mlp_bias", "qk_norm", "sandwich_norms",
+                            "embed_scale") if getattr(m, name)]
+  if m.norm_type != "rms":
+    out.append(f"{m.norm_type}-norm")
+  if m.rope_scaling:
+    out.append(f"rope={dict(m.rope_scaling)['rope_type']}")
+  if m.sliding_window:
+    sliding = sum(m.sliding_layers)
+    out.append(f"window={m.sliding_window} on {sliding}/{m.num_layers}")
+  if m.attn_logit_softcap or m.final_logit_softcap:
+    out.append(f"softcap={m.attn_logit_softcap:g}/{m.final_logit_softcap:g}")
+  return " ".join(out)
+
+
+def format_presets() -> str:
+  """One line per model preset: parameter count, shape and math (`gift plan --presets`)."""
+  from gift.model import presets
+  lines = [f"{'preset':22s} {'params':>10s}  L     D    N   K    H      F       V  tie  math"]
+  for name in presets.PRESETS:
+    m = presets.get_preset(name)
+    lines.append(f"{name:22s} {_count(transformer.param_count(m)):>10s} {m.num_layers:2d} "
+                 f"{m.d_model:5d} {m.num_heads:3d} {m.num_kv_heads:3d} {m.head_dim:4d} "
+                 f"{m.mlp_dim:6d} {m.vocab_size:7d}  {'yes' if m.tie_embeddings else 'no ':3s}"
+                 f"  {_features(m)}")
+  return "\n".join(lines)
+
+
 def main(argv: list[str]) -> int:
+  if "--presets" in argv:
+    print(format_presets())
+    return 0
   cfg, rest = config_lib.parse_args(argv)
   parser = argparse.ArgumentParser(prog="gift plan", description=__doc__.split("\n\n")[0])
   parser.add_argument("--num_devices", type=int, default=None,
                       help="devices that fill the mesh's -1 axis (default: this host's)")
   parser.add_argument("--json", action="store_true", help="print the figures as JSON")
+  parser.add_argument("--presets", action="store_true",
+                      help="list the model presets with their parameter counts and exit")
   args = parser.parse_args(rest)
   try:
     p = plan(cfg, args.num_devices)

@@ -12,10 +12,11 @@ fits (so prompts of different lengths share one compiled prefill and every row w
 at the same slot) and prefilled once each, in one call; the prompt cache and last-position
 logits are then repeated to the prompt's n rows (row = prompt * n + sample), so pass@k sampling
 pays one prefill per prompt, not n. One jitted `lax.while_loop` then decodes all rows, sampling
-a token per step, and exits as soon as every row has emitted EOS. Stop strings are text, not tokens
-(one string has many tokenizations), so they are matched on the host: with stop strings the
-loop runs in chunks of `stop_check_every` tokens and rows whose decoded text contains a stop
-string are marked finished between chunks; without them it runs once to the end.
+a token per step, and exits as soon as every row has emitted a stop id (EOS, or any of the
+tokenizer's `stop_ids`, e.g. Qwen's `<|im_end|>` and `<|endoftext|>`). Stop strings are text,
+not tokens (one string has many tokenizations), so they are matched on the host: with stop
+strings the loop runs in chunks of `stop_check_every` tokens and rows whose decoded text
+contains a stop string are marked finished between chunks; without them it runs once to the end.
 
 Randomness: row r (= prompt_index * n + sample_index) at step t uses
 fold_in(fold_in(key(seed), r), t), so a completion depends on the seed, its prompt and its
@@ -119,7 +120,8 @@ def _nucleus_by_threshold(scaled_bv: Array, probs_bv: Array, top_p: Array,
 
 def _prefill(cfg: ModelConfig, params: Any, tokens_up: Array, segment_ids_up: Array,
              keys_b: Array, temperature: Array, top_p: Array, *, n: int, max_new_tokens: int,
-             top_k: int, greedy: bool, nucleus: bool, eos_id: int, pad_id: int) -> DecodeState:
+             top_k: int, greedy: bool, nucleus: bool, stop_ids: tuple[int, ...],
+             pad_id: int) -> DecodeState:
   """Runs the U left-padded prompts [U, P] through the model once, repeats each prompt's cache
   and last-position logits to its n rows (row b = u * n + j, B = U * n; keys_b [B]) and
   samples every row's first token."""
@@ -141,13 +143,13 @@ def _prefill(cfg: ModelConfig, params: Any, tokens_up: Array, segment_ids_up: Ar
                           nucleus)
   tokens_bm = jnp.full((u * n, max_new_tokens), pad_id, jnp.int32).at[:, 0].set(first_b)
   position_b = jnp.repeat(positions_up[:, -1] + 1, n)
-  return DecodeState(cache, tokens_bm, first_b, position_b, first_b == eos_id, jnp.int32(1),
-                     keys_b)
+  return DecodeState(cache, tokens_bm, first_b, position_b, _is_stop(first_b, stop_ids),
+                     jnp.int32(1), keys_b)
 
 
 def _decode(cfg: ModelConfig, params: Any, state: DecodeState, end_step: Array,
             temperature: Array, top_p: Array, *, top_k: int, greedy: bool, nucleus: bool,
-            eos_id: int, pad_id: int) -> DecodeState:
+            stop_ids: tuple[int, ...], pad_id: int) -> DecodeState:
   """Decodes until step == end_step or every row is done; one compiled while loop."""
 
   params = transformer.unstack_layers(params)  # a no-op for a Sampler's (unstacked) params
@@ -164,16 +166,21 @@ def _decode(cfg: ModelConfig, params: Any, state: DecodeState, end_step: Array,
     token_b = jnp.where(s.done_b, pad_id, token_b)
     tokens_bm = jax.lax.dynamic_update_slice(s.tokens_bm, token_b[:, None], (0, s.step))
     return DecodeState(cache, tokens_bm, token_b, s.position_b + 1,
-                       s.done_b | (token_b == eos_id), s.step + 1, s.keys_b)
+                       s.done_b | _is_stop(token_b, stop_ids), s.step + 1, s.keys_b)
 
   return jax.lax.while_loop(cond, body, state)
 
 
+def _is_stop(token_b: Array, stop_ids: tuple[int, ...]) -> Array:
+  """bool [B]: the token is one of the stop ids (EOS, or any of generation_config's)."""
+  return jnp.isin(token_b, jnp.asarray(stop_ids, jnp.int32)) if stop_ids else token_b < 0
+
+
 # Module-level, so Samplers of the same config share compilations.
 _prefill_jit = jax.jit(_prefill, static_argnums=0, static_argnames=(
-    "n", "max_new_tokens", "top_k", "greedy", "nucleus", "eos_id", "pad_id"))
+    "n", "max_new_tokens", "top_k", "greedy", "nucleus", "stop_ids", "pad_id"))
 _decode_jit = jax.jit(_decode, static_argnums=0, donate_argnums=(2,),
-                      static_argnames=("top_k", "greedy", "nucleus", "eos_id", "pad_id"))
+                      static_argnames=("top_k", "greedy", "nucleus", "stop_ids", "pad_id"))
 
 
 def _unstack_leafwise(params: dict) -> dict:
@@ -196,7 +203,8 @@ class Sampler:
 
   Args:
     model_cfg, params: the model (params: the pure dict, f32; cast to `model_cfg.dtype` once).
-    tokenizer: a `gift.tokenizer` Tokenizer (BOS is prepended to every prompt).
+    tokenizer: a `gift.tokenizer` Tokenizer (its BOS, if it adds one, starts every prompt; a
+      row ends at any of its `stop_ids`).
     mesh: optional `jax.sharding.Mesh`; params are sharded with gift/sharding.py's rules and
       rows over ("data", "fsdp"), as in training.
     batch_size: rows per compiled batch, about: a batch holds whole prompts with their n
@@ -251,9 +259,15 @@ class Sampler:
 
   def generate(self, prompts: Sequence[str], n: int = 1, temperature: float = 0.0,
                top_k: int = 0, top_p: float = 1.0, max_new_tokens: int = 256,
-               stop: Sequence[str] = (), seed: int = 0) -> list[list[str]]:
-    """Per prompt, `n` completions (text after the prompt, cut before EOS / a stop string)."""
-    ids = [[self.tokenizer.bos_id] + self.tokenizer.encode(p) for p in prompts]
+               stop: Sequence[str] = (), seed: int = 0,
+               chat_template: bool = False) -> list[list[str]]:
+    """Per prompt, `n` completions (text after the prompt, cut before a stop id / string).
+
+    `chat_template` sends each prompt as one user turn through the tokenizer's chat template
+    (instruct checkpoints); otherwise the prompt is plain text after BOS.
+    """
+    from gift import tokenizer as tokenizer_lib
+    ids = [tokenizer_lib.prompt_ids(self.tokenizer, p, chat_template) for p in prompts]
     out = self.generate_ids(ids, n=n, temperature=temperature, top_k=top_k, top_p=top_p,
                             max_new_tokens=max_new_tokens, stop=stop, seed=seed)
     return [[_cut_at_stop(self.tokenizer.decode(c), stop) for c in row] for row in out]
@@ -263,8 +277,8 @@ class Sampler:
                    max_new_tokens: int = 256, stop: Sequence[str] = (), seed: int = 0,
                    stop_at_eos: bool = True) -> list[list[list[int]]]:
     """Like `generate` on token ids (BOS not added): per prompt, n lists of new ids, cut
-    before EOS. A row stopped by a stop string keeps the ids through the chunk where the
-    string appeared (`generate` cuts the text). `stop_at_eos=False` always runs
+    before the first stop id. A row stopped by a stop string keeps the ids through the chunk
+    where the string appeared (`generate` cuts the text). `stop_at_eos=False` always runs
     `max_new_tokens` steps (benchmarks)."""
     if max_new_tokens < 1:
       raise ValueError(f"max_new_tokens={max_new_tokens}; expected >= 1")
@@ -277,7 +291,7 @@ class Sampler:
     greedy = temperature <= 0
     top_k = 0 if greedy else min(top_k, vocab)
     nucleus = not greedy and top_p < 1.0
-    eos = self.tokenizer.eos_id if stop_at_eos else -1
+    stop_ids = tuple(int(i) for i in self.tokenizer.stop_ids) if stop_at_eos else ()
     pad = self.tokenizer.pad_id
     # Prompts per batch: rows ~= batch_size, whole prompts on every data-parallel shard (so the
     # U prompts and the U * n rows both split evenly over the mesh).
@@ -299,7 +313,7 @@ class Sampler:
                                                     np.uint32)))
       new_bm, length_b = self._run(tokens_up, segment_ids_up, keys_b, temperature, top_p,
                                    max_new_tokens, stop, n=n, top_k=top_k, greedy=greedy,
-                                   nucleus=nucleus, eos_id=eos, pad_id=pad)
+                                   nucleus=nucleus, stop_ids=stop_ids, pad_id=pad)
       for u, i in enumerate(group):
         results[i] = [new_bm[b, :length_b[b]].tolist() for b in range(u * n, (u + 1) * n)]
     return [results[i] for i in range(len(prompt_ids))]
@@ -338,7 +352,7 @@ class Sampler:
         break
       if hit_b.any():
         state = state._replace(done_b=put(done_b | hit_b))
-    eos_b = tokens_bm == kw["eos_id"]
+    eos_b = np.isin(tokens_bm, kw["stop_ids"])
     length_b = np.where(eos_b.any(axis=1), eos_b.argmax(axis=1), np.minimum(stopped_at_b, step))
     return tokens_bm, length_b
 
@@ -408,6 +422,9 @@ def main(argv: list[str]) -> int:
                  help=f"stop string (repeatable; default {list(d.stop)}; --stop '' for none)")
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--batch_size", type=int, default=d.batch_size, help="rows per batch")
+  p.add_argument("--chat_template", action="store_true",
+                 help="send each prompt as a user turn through the tokenizer's chat template "
+                      "(instruct checkpoints)")
   args = p.parse_args(argv)
   prompts = list(args.prompt) + (_read_prompts(args.prompt_file) if args.prompt_file else [])
   if not prompts:
@@ -419,7 +436,7 @@ def main(argv: list[str]) -> int:
   t0 = time.perf_counter()
   out = sampler.generate(prompts, n=args.n, temperature=args.temperature, top_k=args.top_k,
                          top_p=args.top_p, max_new_tokens=args.max_new_tokens, stop=stop,
-                         seed=args.seed)
+                         seed=args.seed, chat_template=args.chat_template)
   for i, (prompt, completions) in enumerate(zip(prompts, out)):
     print(json.dumps({"prompt_index": i, "prompt": prompt, "completions": completions}))
   print(f"sampled {len(prompts)} prompts x {args.n} in {time.perf_counter() - t0:.1f}s",

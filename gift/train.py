@@ -2,12 +2,14 @@
 
 One readable `train(cfg, workdir)`, top to bottom: devices -> model config and tokenizer -> mesh
 and shardings -> input pipeline -> optimizer and update step -> checkpoint (resume or init) ->
-loop (log, eval, save) -> final save. Every process of a multi-host run executes the same code;
-process 0 alone writes metrics and the root files.
+loop (log, eval, save) -> final save. Fine-tuning (`init_from`) takes the model's shape and the
+tokenizer from the checkpoint; config.model then sets only numerics (`config.model_config`).
+Every process of a multi-host run executes the same code; process 0 alone writes metrics and the
+root files.
 
 The workdir is itself a gift checkpoint (`gift/checkpoint.py`): `model_config.json`,
-`config.json`, `tokenizer.model` at its root, Orbax steps with params, optimizer state and the
-input pipeline's state. Starting the same command again resumes from the latest readable step,
+`config.json` and the tokenizer's files at its root, Orbax steps with params, optimizer state and
+the input pipeline's state. Starting the same command again resumes from the latest readable step,
 and the resumed run is exactly the uninterrupted one (the batch at step s is a pure function of
 (seed, s)). SIGTERM (preemption) saves and exits cleanly; a NaN/Inf loss or gradient norm stops
 the run before anything is saved, so the last good checkpoint stays in place.
@@ -65,10 +67,10 @@ def main(argv: list[str]) -> int:
 
 def _check_same_model(model_cfg, other, where: str) -> None:
   """The shape fields must agree (numerics such as dtype or remat may differ)."""
-  free = {"dtype", "remat_policy", "scan_layers", "max_seq_len", "attention_impl"}
+  from gift.config import FREE_MODEL_FIELDS as free
   diff = {f.name: (getattr(other, f.name), getattr(model_cfg, f.name))
-          for f in dataclasses.fields(model_cfg)
-          if f.name not in free and getattr(other, f.name) != getattr(model_cfg, f.name)}
+          for f in dataclasses.fields(model_cfg) if f.name not in free
+          and getattr(other, f.name) != getattr(model_cfg, f.name)}
   if diff:
     raise ValueError(f"model config does not match {where}: " + ", ".join(
         f"{k}: {a!r} there vs {b!r} in config.model" for k, (a, b) in sorted(diff.items())))
@@ -104,14 +106,13 @@ def train(cfg: Any, workdir: str) -> dict[str, Any]:
   # -------------------------------------------------------------------------------------------
   # Model config and tokenizer (fine-tuning takes both from `init_from` unless overridden).
   # -------------------------------------------------------------------------------------------
-  model_cfg = config_lib.model_config(cfg)
-  if cfg.init_from:
-    _check_same_model(model_cfg, ckpt_lib.read_model_config(cfg.init_from),
-                      f"init_from={cfg.init_from}")
+  model_cfg = config_lib.model_config(cfg)  # with init_from: the checkpoint's shape
   if os.path.exists(os.path.join(workdir, ckpt_lib.MODEL_CONFIG)):
     _check_same_model(model_cfg, ckpt_lib.read_model_config(workdir), f"the workdir {workdir}")
   tok_path = cfg.tokenizer or (ckpt_lib.tokenizer_path(cfg.init_from) if cfg.init_from else None)
   tok = tokenizer_lib.load(tok_path or None, vocab_size=model_cfg.vocab_size)
+  if cfg.data.chat_template:
+    tokenizer_lib.chat_frame(tok)  # fails now, naming the tokenizer, if it has no template
   ckpt_lib.write_root(workdir, model_cfg, tok.path, cfg.to_dict())
 
   # -------------------------------------------------------------------------------------------

@@ -8,6 +8,8 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 
 def _run(repo_root, script, *args, timeout=240):
   env = dict(os.environ)
@@ -53,3 +55,15 @@ def test_bench_mfu_tiny_runs_gift_and_the_peer_and_reports_mfu(repo_root):
     assert float(step_ms) > 0 and float(tokens_s.replace(",", "")) > 0
     assert 0 < float(mfu.rstrip("%")) < 100 and math.isfinite(float(loss))  # 3 significant digits
   assert re.search(r"gift MFU: [\d.]+%", out) and "gift / peer throughput ratio" in out
+
+
+@pytest.mark.slow  # two tiny builds and evaluations, each runner started twice: ~2 min
+def test_bench_beam_tiny_prints_both_runners_and_checks_equality(repo_root, shared_dir):
+  out = _run(repo_root, "bench_beam.py", "--override=--config.synth.num_bundled=2",
+             "--override=--config.synth.bundled_real=False",
+             "--override=--config.synth.intents_per_context=4", "--limit", "3",
+             "--answers", str(shared_dir / "datasets" / "ds1000" / "answers" /
+                              "codex002-pandas.jsonl"), timeout=600)
+  assert "| gift build-data --runner local |" in out and "| gift build-data --runner beam |" in out
+  assert "identical dataset and card: True" in out and "same pass counts: True" in out
+  assert re.search(r"f32 matmul peak \(JAX, 1024\^3\): \d+ GFLOP/s", out)

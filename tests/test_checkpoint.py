@@ -55,7 +55,7 @@ def test_save_model_load_model_round_trip_into_shardings(tmp_path):
                "final_norm": {"scale": NamedSharding(mesh, P())}}
   cfg2, params, tok_path = ck.load_model(str(tmp_path / "ckpt"), shardings=shardings)
   assert cfg2 == cfg
-  assert open(tok_path, "rb").read() == b"fake sentencepiece bytes"
+  assert open(os.path.join(tok_path, "tokenizer.model"), "rb").read() == b"fake sentencepiece bytes"
   _assert_tree_equal(params, _params())
   assert params["embedder"]["embedding"].sharding == shardings["embedder"]["embedding"]
   assert json.load(open(tmp_path / "ckpt" / "model_config.json"))["d_model"] == 8

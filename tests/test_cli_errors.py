@@ -5,6 +5,7 @@ import json
 import pytest
 
 from gift import cli
+from gift.model import presets
 
 
 @pytest.fixture
@@ -17,6 +18,11 @@ def bad(tmp_path, monkeypatch, repo_root):
   (tmp_path / "episodes.json").write_text(json.dumps({"not": "a list"}))
   (tmp_path / "hf").mkdir()
   (tmp_path / "hf" / "config.json").write_text(json.dumps({"architectures": ["GPT2LMHeadModel"]}))
+  (tmp_path / "badtok").mkdir()
+  (tmp_path / "badtok" / "tokenizer.json").write_text("{not json")
+  (tmp_path / "ckpt").mkdir()  # a checkpoint's root, as init_from reads it for the shape
+  (tmp_path / "ckpt" / "model_config.json").write_text(json.dumps(
+      presets.get_preset("test_tiny", num_layers=3).to_dict()))
   return tmp_path
 
 
@@ -49,6 +55,16 @@ CASES = {
     "tokenizer train on a missing input": (
         ["tokenizer", "train", "--input", "{t}/missing.txt", "--vocab_size", "100", "--out",
          "{t}/tok"], "missing.txt"),
+    "train with a tokenizer folder that holds none": (
+        ["train", "--config=configs/test_tiny.py", "--workdir={t}/run",
+         "--config.tokenizer={t}/empty"], "neither tokenizer.json"),
+    "train with a shape that contradicts init_from": (
+        ["train", "--workdir={t}/run", "--config.init_from={t}/ckpt",
+         "--config.model.num_layers=5"],
+        "config.model.num_layers=5 but the checkpoint has num_layers=3"),
+    "tokenizer encode with a broken tokenizer.json": (
+        ["tokenizer", "encode", "--model", "{t}/badtok", "x"],
+        "tokenizer.json is not a Hugging Face tokenizer.json"),
     "exec with a missing code file": (
         ["exec", "--context", "{t}/missing.py", "--code", "{t}/missing.py"], "missing.py"),
 }

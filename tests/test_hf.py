@@ -155,10 +155,10 @@ def test_unknown_architecture_is_named(tmp_path):
   cfg_path = os.path.join(path, "config.json")
   with open(cfg_path) as f:
     c = json.load(f)
-  c["architectures"] = ["MistralForCausalLM"]
+  c["architectures"] = ["MixtralForCausalLM"]
   with open(cfg_path, "w") as f:
     json.dump(c, f)
-  with pytest.raises(ValueError, match="MistralForCausalLM"):
+  with pytest.raises(ValueError, match="MixtralForCausalLM"):
     hf.import_hf(path)
 
 
@@ -174,15 +174,15 @@ def test_missing_and_unexpected_tensors_are_named(tmp_path):
     hf.import_hf(path)
 
 
-def test_scaled_rope_is_rejected_with_its_type(tmp_path):
+def test_unimplemented_rope_type_is_rejected_by_name(tmp_path):
   _, path = _make_hf(tmp_path, "llama_gqa_untied")
   cfg_path = os.path.join(path, "config.json")
   with open(cfg_path) as f:
     c = json.load(f)
-  c["rope_parameters"] = {"rope_type": "llama3", "rope_theta": 5e5, "factor": 8.0}
+  c["rope_parameters"] = {"rope_type": "longrope", "rope_theta": 5e5, "factor": 8.0}
   with open(cfg_path, "w") as f:
     json.dump(c, f)
-  with pytest.raises(ValueError, match="llama3"):
+  with pytest.raises(ValueError, match="longrope"):
     hf.import_hf(path)
 
 
@@ -226,3 +226,79 @@ def test_import_peak_memory_is_about_one_copy_of_the_params(tmp_path):
     tracemalloc.stop()
   total = sum(x.nbytes for x in _leaves(params))
   assert peak < 1.2 * total, (peak, total)  # f32 stacks + one tensor in flight, not 2x
+
+
+def _hf_config(cls_name, arch, **fields):
+  c = json.loads(getattr(transformers, cls_name)(**SHAPE, **fields).to_json_string())
+  c["architectures"] = [arch]
+  return c
+
+
+@pytest.mark.parametrize("cls_name,arch,key,value", [
+    ("Qwen2Config", "Qwen2ForCausalLM", "num_experts", 8),  # an MoE field
+    ("LlamaConfig", "LlamaForCausalLM", "attention_sinks", 4),
+    ("MistralConfig", "MistralForCausalLM", "layer_types", ["full_attention"] * 2),
+    ("Gemma3TextConfig", "Gemma3ForCausalLM", "use_bidirectional_attention", True),
+    ("Starcoder2Config", "Starcoder2ForCausalLM", "norm_type", "rms_norm"),
+    ("LlamaConfig", "LlamaForCausalLM", "partial_rotary_factor", 0.5),
+    ("LlamaConfig", "LlamaForCausalLM", "hidden_act", "relu"),
+])
+def test_math_changing_config_fields_are_refused_by_name(cls_name, arch, key, value):
+  c = _hf_config(cls_name, arch)
+  hf.config_from_hf(c)  # as saved by transformers: accepted
+  c[key] = value
+  with pytest.raises(ValueError, match=key):
+    hf.config_from_hf(c)
+
+
+@pytest.mark.parametrize("rope", [{"rope_type": "dynamic", "factor": 2.0},
+                                  {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                                   "high_freq_factor": 4.0, "beta_fast": 3}])
+def test_unimplemented_rope_variants_and_parameters_are_refused(rope):
+  c = _hf_config("LlamaConfig", "LlamaForCausalLM")
+  c["rope_parameters"] = dict(rope, rope_theta=10000.0)
+  with pytest.raises(ValueError, match="dynamic" if rope["rope_type"] == "dynamic" else
+                     "beta_fast"):
+    hf.config_from_hf(c)
+
+
+def test_v4_rope_scaling_key_is_read_as_v5_rope_parameters():
+  c = _hf_config("LlamaConfig", "LlamaForCausalLM")
+  del c["rope_parameters"]
+  c.update(rope_theta=5e5, rope_scaling={"type": "linear", "factor": 4.0})  # DeepSeek-Coder
+  cfg = hf.config_from_hf(c)
+  assert cfg.rope_theta == 5e5 and dict(cfg.rope_scaling) == {"rope_type": "linear",
+                                                               "factor": 4.0}
+
+
+def test_tying_follows_the_flag_else_the_files(tmp_path):
+  _, path = _make_hf(tmp_path, "llama_gqa_untied")
+  cfg_path, file = os.path.join(path, "config.json"), os.path.join(path, "model.safetensors")
+  with open(cfg_path) as f:
+    c = json.load(f)
+  tensors = load_file(file)
+  del tensors["lm_head.weight"]
+  save_file(tensors, file, metadata={"format": "pt"})
+  with pytest.raises(ValueError, match="lm_head.weight"):  # untied by flag, no lm_head
+    hf.import_hf(path)
+  del c["tie_word_embeddings"]
+  with open(cfg_path, "w") as f:
+    json.dump(c, f)
+  cfg, params = hf.import_hf(path)  # no flag: no lm_head in the files means tied
+  assert cfg.tie_embeddings and "unembed" not in params
+
+
+def test_config_vocab_larger_than_the_tokenizer_is_kept(tmp_path):
+  """Qwen-style padding rows: the embedding keeps config.json's vocab_size; a smaller
+  tokenizer loads against it and export writes the config's size back."""
+  qwen = transformers.Qwen2Config(**dict(SHAPE, vocab_size=320, num_key_value_heads=2))
+  transformers.Qwen2ForCausalLM(qwen).save_pretrained(tmp_path / "m")
+  cfg, params = hf.import_hf(str(tmp_path / "m"))
+  spm = tokenizer_lib.train(["def f(x):\n    return x + 1\n" * 50], str(tmp_path / "spm"),
+                            vocab_size=290)
+  tok = tokenizer_lib.load(spm, cfg.vocab_size)
+  assert tok.vocab_size < cfg.vocab_size == params["embedder"]["embedding"].shape[0] == 320
+  out = str(tmp_path / "out")
+  hf.export_hf(cfg, params, out, tokenizer_path=spm)
+  with open(os.path.join(out, "config.json")) as f:
+    assert json.load(f)["vocab_size"] == 320

@@ -62,3 +62,33 @@ def test_main_prints_plan_and_json(capsys, repo_root):
 def test_main_explains_a_mesh_the_devices_cannot_fill(capsys):
   assert plan.main(["--config.mesh.tensor=3", "--num_devices", "8"]) == 2
   assert "--num_devices" in capsys.readouterr().out
+
+
+def test_plan_lists_every_preset_with_its_parameter_count(capsys):
+  assert plan.main(["--presets"]) == 0
+  out = capsys.readouterr().out
+  for name in ("qwen2.5-coder-7b", "qwen3-32b", "llama3.2-1b", "deepseek-coder-33b",
+               "gemma2-27b", "gemma3-270m", "starcoder2-15b"):
+    assert name in out
+  assert "7.616 B" in out  # qwen2.5-coder-7b
+
+
+@pytest.mark.parametrize("config,devices", [("configs/qwen25_coder_7b_gpu.py", 8),
+                                            ("configs/qwen25_coder_7b_tpu.py", 16)])
+def test_shipped_qwen25_coder_7b_configs_fit(repo_root, config, devices):
+  cfg, _ = gc.parse_args([f"--config={repo_root / config}"])
+  p = plan.plan(cfg, num_devices=devices)
+  assert p["model"] == "qwen2.5-coder-7b" and abs(p["num_params"] - 7.61e9) < 0.01 * 7.61e9
+  per_device = p["per_device"]
+  # 80 GB H100s / 32 GB TPU v4 chips (the smallest the configs name), with room to spare.
+  budget = (80 if devices == 8 else 32) * 2**30
+  assert per_device["states_total"] + per_device["activations_estimate"] < 0.8 * budget
+
+
+def test_sliding_window_layers_count_only_the_keys_they_see():
+  m = presets.get_preset("gemma2-2b")  # half the layers slide over 4096 keys
+  full = m.replace(sliding_window=0, layer_types=())
+  # T = 8192: a sliding layer sees 4096 - 4096^2 / 16384 = 3072 keys on average, a full one 4096.
+  assert flops.attention_flops_per_token(m, 8192) == pytest.approx(
+      0.875 * flops.attention_flops_per_token(full, 8192))
+  assert flops.attention_flops_per_token(m, 2048) == flops.attention_flops_per_token(full, 2048)

@@ -159,11 +159,27 @@ def test_eos_ends_a_row_and_the_loop(params):
   row = greedy[0][0]
   eos = row[4]  # make the 5th greedy token of prompt 0 the end-of-sequence id
   tok = tokenizer_lib.ByteTokenizer()
-  tok.eos_id = eos
+  tok.eos_id, tok.stop_ids = eos, (eos,)
   out = _sampler(params, tok).generate_ids(prompts, max_new_tokens=12)
   assert out[0][0] == row[:row.index(eos)]
   other = greedy[1][0]
   assert out[1][0] == (other[:other.index(eos)] if eos in other else other)
+
+
+def test_a_row_stops_at_any_of_several_stop_ids(params):
+  """Qwen-style: generation_config lists two EOS ids; each row ends at the first of either."""
+  prompts = _prompts([6, 9])
+  greedy = _sampler(params).generate_ids(prompts, max_new_tokens=12, stop_at_eos=False)
+  first, second = greedy[0][0], greedy[1][0]
+  a = first[5]
+  b = next((t for t in second[1:6] if t != a and t not in first[:6]), None)
+  assert b is not None, "greedy rows too repetitive for this test"
+  tok = tokenizer_lib.ByteTokenizer()
+  tok.stop_ids = (b, a)  # neither is tok.eos_id
+  out = _sampler(params, tok).generate_ids(prompts, max_new_tokens=12)
+  cut = lambda row: row[:min([row.index(t) for t in (a, b) if t in row], default=len(row))]
+  assert out[0][0] == cut(first) and len(out[0][0]) <= 5
+  assert out[1][0] == cut(second) and len(out[1][0]) <= 5
 
 
 def test_stop_strings_cut_the_text(params):

@@ -1,3 +1,4 @@
+import json
 import pathlib
 
 import pytest
@@ -79,3 +80,24 @@ def test_cli_train(tmp_path):
   assert tokenizer.main(["train", "--input", str(src), "--vocab_size", "400",
                          "--out", str(tmp_path / "tok")]) == 0
   assert tokenizer.load(str(tmp_path / "tok.model")).vocab_size == 400
+
+
+def test_sentencepiece_folder_reads_chat_template_and_stop_ids(sp_model, tmp_path):
+  """Gemma-style folders: tokenizer.model with tokenizer_config.json (chat template) and
+  generation_config.json (several EOS ids)."""
+  (tmp_path / "tokenizer.model").write_bytes(pathlib.Path(sp_model).read_bytes())
+  (tmp_path / "tokenizer_config.json").write_text(json.dumps({"chat_template": (
+      "{{ bos_token }}{% for m in messages %}# In[ ]:\n# {{ m['role'] }}: {{ m['content'] }}"
+      "{{ eos_token }}{% endfor %}{% if add_generation_prompt %}# In[ ]:\n{% endif %}")}))
+  (tmp_path / "generation_config.json").write_text(json.dumps({"eos_token_id": [2, 7]}))
+  tok = tokenizer.load(str(tmp_path))
+  assert isinstance(tok, tokenizer.SentencePieceTokenizer) and tok.stop_ids == (2, 7)
+  messages = [{"role": "user", "content": "x = 1 </s> <s>"}]
+  text = tokenizer.render_chat(tok, messages)
+  assert text == "<s># In[ ]:\n# user: x = 1 </s> <s></s># In[ ]:\n"
+  ids = tokenizer.encode_chat(tok, messages)
+  assert ids[0] == tok.bos_id and ids.count(tok.bos_id) == 1 and ids.count(tok.eos_id) == 1
+  assert tok.decode(ids) == "# In[ ]:\n# user: x = 1 </s> <s># In[ ]:\n"
+  assert tokenizer.prompt_ids(tok, "x")[:1] == [tok.bos_id]  # plain prompts: BOS added
+  with pytest.raises(ValueError, match="no chat template"):
+    tokenizer.render_chat(tokenizer.load(sp_model), messages)

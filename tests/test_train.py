@@ -143,7 +143,7 @@ def test_two_processes_with_four_devices_each_match_one_process(reference, data_
       f"--config.distributed.coordinator_address=127.0.0.1:{port}",
       "--config.distributed.num_processes=2", f"--config.distributed.process_id={i}",
       "--config.distributed.cpu_collectives=gloo"), env) for i in range(2)]
-  outs = [p.communicate(timeout=300)[0] for p in procs]
+  outs = [p.communicate(timeout=900)[0] for p in procs]  # a loaded 2-core host is slow
   for p, out in zip(procs, outs):
     assert p.returncode == 0, out[-3000:]
   assert "process 0/2, 4 local / 8 global devices" in outs[0]
@@ -169,7 +169,7 @@ def test_init_from_checks_the_model_config_and_starts_from_its_weights(reference
                                                                        tmp_path, repo_root,
                                                                        monkeypatch):
   monkeypatch.chdir(repo_root)
-  with pytest.raises(ValueError, match=r"d_model: 64 there vs 32"):
+  with pytest.raises(ValueError, match=r"config.model.d_model=32 but the checkpoint has d_model"):
     train_lib.train(gc.parse_args(_args(data_path, "x", f"--config.init_from={reference}",
                                         "--config.model.d_model=32"))[0], str(tmp_path / "a"))
   args = _args(data_path, str(tmp_path / "b"), f"--config.init_from={reference}",

@@ -3,8 +3,10 @@
 Sources (random access, `len` + `get(i, g)`): GIFT records (`data/records.py`, rendered by
 `data/prompts.py` with a spec kind from the config) or JSONL lines `{"prompt", "completion"}`.
 
-Tokenization: `[BOS] + prompt + target + [EOS]`; the loss mask is 1 on target tokens and EOS, 0 on
-BOS and the prompt. Too long: the context is cut from the left first, then the instruction; the
+Tokenization: `[BOS] + prompt + target + [EOS]` (no BOS for tokenizers without one, e.g. Qwen);
+with `data.chat_template`, `head + prompt + tail + target + [end of turn]` where head/tail are the
+chat template's user turn (`gift.tokenizer.chat_frame`). The loss mask is 1 on target tokens and
+EOS, 0 on the rest. Too long: the context is cut from the left first, then the instruction; the
 target never is. An example whose target alone does not fit is dropped and counted.
 
 Determinism, exact resume and multi-host, by construction:
@@ -36,6 +38,7 @@ import jax
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
+from gift import tokenizer as tokenizer_lib
 from gift.data import prompts
 
 BATCH_KEYS = ("inputs", "targets", "loss_mask", "positions", "segment_ids")
@@ -67,20 +70,23 @@ def spec_chooser(spec_kind: str, mixture: Mapping[str, float], seed: int) -> Cal
 class RecordSource:
   """GIFT records rendered with a per-example spec kind. `[i, g]` renders record i as stream g."""
 
-  def __init__(self, records: Any, choose_spec: Callable[[int], str], context: str = "full"):
+  def __init__(self, records: Any, choose_spec: Callable[[int], str], context: str = "full",
+               chat: bool = False):
     self.records, self.choose_spec, self.context = records, choose_spec, context
+    self.chat = chat
 
   def __len__(self) -> int:
     return len(self.records)
 
   def get(self, i: int, g: int) -> prompts.Rendered:
-    return prompts.render(self.records[i], self.choose_spec(g), self.context)
+    return prompts.render(self.records[i], self.choose_spec(g), self.context, self.chat)
 
 
 class JsonlSource:
   """Lines `{"prompt": str, "completion": str}` from one or more files (a glob, sorted)."""
 
-  def __init__(self, pattern: str):
+  def __init__(self, pattern: str, chat: bool = False):
+    self.chat = chat
     paths = sorted(glob.glob(pattern))
     if not paths:
       raise FileNotFoundError(f"data.path={pattern!r} matches no JSONL file")
@@ -102,14 +108,15 @@ class JsonlSource:
 
   def get(self, i: int, g: int) -> prompts.Rendered:
     del g
-    return prompts.render_prompt_completion(*self.pairs[i])
+    return prompts.render_prompt_completion(*self.pairs[i], chat=self.chat)
 
 
 def make_source(data_cfg: Any, split: str, seed: int) -> RecordSource | JsonlSource | None:
   """The source for `split` ("train" or "eval") from the `data` config; None if it has none."""
+  chat = bool(data_cfg.get("chat_template", False))
   if data_cfg.source == "jsonl":
     pattern = data_cfg.path if split == "train" else data_cfg.eval_path
-    return JsonlSource(pattern) if pattern else None
+    return JsonlSource(pattern, chat) if pattern else None
   if data_cfg.source != "tfds":
     raise ValueError(f"data.source={data_cfg.source!r}; expected 'tfds' or 'jsonl'")
   if not data_cfg.path:
@@ -119,7 +126,7 @@ def make_source(data_cfg: Any, split: str, seed: int) -> RecordSource | JsonlSou
   if not name:
     return None
   chooser = spec_chooser(data_cfg.spec_kind, data_cfg.spec_mixture, seed)
-  return RecordSource(records.load_split(data_cfg.path, name), chooser, data_cfg.context)
+  return RecordSource(records.load_split(data_cfg.path, name), chooser, data_cfg.context, chat)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -127,7 +134,8 @@ def make_source(data_cfg: Any, split: str, seed: int) -> RecordSource | JsonlSou
 # ---------------------------------------------------------------------------------------------
 @dataclasses.dataclass(frozen=True)
 class Tokenized:
-  """`tokens_n` = [BOS] + prompt + target + [EOS]; `target_n` is 1 on target tokens and EOS."""
+  """`tokens_n` = [BOS] + prompt + target + [EOS] (see the module docstring for chats);
+  `target_n` is 1 on target tokens and the closing EOS."""
   tokens_n: np.ndarray
   target_n: np.ndarray
 
@@ -135,24 +143,30 @@ class Tokenized:
 def tokenize(rendered: prompts.Rendered, tokenizer: Any, seq_len: int) -> Tokenized | None:
   """Tokenizes one example so that it occupies at most `seq_len` slots (n - 1 <= seq_len).
 
-  The prompt is encoded whole (as the sampler will); only when it is too long are context and
-  instruction encoded apart and cut from the left: context first, then instruction. Returns None
-  when even BOS + target + EOS does not fit.
+  The prompt is encoded whole (`tokenizer.prompt_ids`, as the sampler does); only when it is too
+  long are context and instruction encoded apart and cut from the left: context first, then
+  instruction (between the chat template's head and tail, which are kept). Returns None when
+  even BOS + target + EOS does not fit.
   """
-  target = tokenizer.encode(rendered.target) + [tokenizer.eos_id]
-  # n tokens fill n - 1 slots, so BOS + prompt + target fit when len(prompt) <= budget.
-  budget = seq_len - len(target)
+  if rendered.chat:
+    frame = tokenizer_lib.chat_frame(tokenizer)
+    head, tail, end = list(frame.head), list(frame.tail), frame.end_id
+  else:
+    head, tail, end = [tokenizer.bos_id] if tokenizer.add_bos else [], [], tokenizer.eos_id
+  target = tokenizer.encode(rendered.target) + [end]
+  # n tokens fill n - 1 slots, so head + prompt + tail + target fit when len(prompt) <= budget.
+  budget = seq_len + 1 - len(head) - len(tail) - len(target)
   if budget < 0:
     return None
-  prompt = tokenizer.encode(rendered.prompt)
-  if len(prompt) > budget:
+  prompt = tokenizer_lib.prompt_ids(tokenizer, rendered.prompt, rendered.chat)
+  if len(prompt) > budget + len(head) + len(tail):
     instruction = tokenizer.encode(rendered.instruction)[-budget:] if budget > 0 else []
     room = budget - len(instruction)
     context = tokenizer.encode(rendered.context)[-room:] if room > 0 else []
-    prompt = context + instruction
-  tokens = np.array([tokenizer.bos_id] + prompt + target, np.int32)
+    prompt = head + context + instruction + tail
+  tokens = np.array(prompt + target, np.int32)
   target_n = np.zeros(len(tokens), np.float32)
-  target_n[1 + len(prompt):] = 1.0
+  target_n[len(prompt):] = 1.0
   return Tokenized(tokens, target_n)
 
 

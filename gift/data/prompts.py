@@ -23,6 +23,12 @@ Python script, the way ARCADE shows it:
 `context` is the notebook prefix, already rendered (cells and their outputs) by the data builder.
 The spec kind chooses which (if any) of the record's three specifications is shown:
 "none" gives the ungrounded baseline.
+
+Instruct checkpoints (`data.chat_template`, `gift sample/eval --chat_template`): the same prompt
+text becomes the content of one user turn rendered by the tokenizer's chat template, and the
+target is the assistant's answer, closed by the template's end of turn (`Rendered.chat`; the ids
+are built by `gift.tokenizer.prompt_ids` / `chat_frame`). Off by default: base models get the
+notebook text after BOS.
 """
 from __future__ import annotations
 
@@ -45,11 +51,13 @@ class Rendered:
   """A rendered example. `prompt = context + instruction`; the loss is on `target` only.
 
   The pieces are kept apart so that truncation can cut `context` from the left first, then
-  `instruction`, and never `target`.
+  `instruction`, and never `target`. With `chat`, the prompt is a user turn of the tokenizer's
+  chat template and the target the assistant's answer.
   """
   context: str
   instruction: str
   target: str
+  chat: bool = False
 
   @property
   def prompt(self) -> str:
@@ -87,13 +95,15 @@ def instruction(intent: str, spec_kind: str = "none", spec_text: str = "") -> st
   return f"{CELL}\n{comment(intent)}\n{spec_block(spec_kind, spec_text)}"
 
 
-def render(record: Mapping[str, Any], spec_kind: str = "none", context: str = "full") -> Rendered:
+def render(record: Mapping[str, Any], spec_kind: str = "none", context: str = "full",
+           chat: bool = False) -> Rendered:
   """Renders a GIFT record (see `data/records.py`) into prompt pieces and target.
 
   Args:
     record: has `context`, `intent`, `code` and the `spec_*` fields (str or bytes).
     spec_kind: none | typedesc | io_examples | io_summary.
     context: "full" keeps the notebook prefix, "none" drops it (an eval variant).
+    chat: render as a chat (one user turn and the answer) for an instruct model.
   """
   get = lambda k: _text(record.get(k, ""))
   if spec_kind not in SPEC_KINDS:
@@ -108,12 +118,12 @@ def render(record: Mapping[str, Any], spec_kind: str = "none", context: str = "f
     ctx = ctx.rstrip("\n") + "\n\n"
   spec_text = get(SPEC_FIELDS[spec_kind]) if spec_kind != "none" else ""
   target = get("code").strip("\n") + "\n"
-  return Rendered(ctx, instruction(get("intent"), spec_kind, spec_text), target)
+  return Rendered(ctx, instruction(get("intent"), spec_kind, spec_text), target, chat)
 
 
-def render_prompt_completion(prompt: str, completion: str) -> Rendered:
+def render_prompt_completion(prompt: str, completion: str, chat: bool = False) -> Rendered:
   """A user's own {"prompt", "completion"} pair: no context split, loss on the completion."""
-  return Rendered("", prompt, completion)
+  return Rendered("", prompt, completion, chat)
 
 
 def cut_at_stop(text: str, stops: tuple[str, ...] = STOP) -> str:

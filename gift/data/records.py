@@ -73,26 +73,81 @@ def _builder_class():
   return GiftSynth
 
 
+@functools.cache
+def _beam_builder_class():
+  """The same dataset written by a Beam pipeline (TFDS's own Beam support): the split
+  generators return PCollections of (id, record) that `build(pipeline)` adds to TFDS's
+  pipeline, and the card is read from `card()` once the pipeline has run."""
+
+  class GiftSynth(_builder_class(), skip_registration=True):  # the name stays gift_synth
+    def __init__(self, *, build, split_names, card, **kwargs):
+      self._build, self._split_names, self._card_fn = build, tuple(split_names), card
+      super().__init__(splits={}, card={}, **kwargs)
+
+    def _split_generators(self, dl_manager, pipeline):
+      by_split = self._build(pipeline)
+      return {name: by_split[name] for name in self._split_names}
+
+    def _process_pipeline_result(self, pipeline_result):
+      self.info.metadata["card"] = self._card_fn(pipeline_result)
+
+    def _generate_splits(self, dl_manager, download_config):
+      # as the local writer, which is given only non-empty splits: drop empty ones
+      infos = super()._generate_splits(dl_manager, download_config)
+      return [info for info in infos if info.num_examples]
+
+  assert GiftSynth.name == NAME, GiftSynth.name
+  return GiftSynth
+
+
+def _check(splits: Mapping[str, list[dict]]) -> None:
+  for rows in splits.values():
+    for row in rows:
+      example(row)
+
+
+def example(row: Mapping[str, Any]) -> tuple[str, dict[str, str]]:
+  """(key, example) as the TFDS writer takes them; keys order the examples on disk."""
+  missing = [k for k in FIELDS if not isinstance(row.get(k), str)]
+  if missing:
+    raise ValueError(f"record {row.get('id', '?')} lacks text field(s) {missing}")
+  return row["id"], {k: row[k] for k in FIELDS}
+
+
 def write(splits: Mapping[str, list[dict]], out_dir: str, card: dict) -> str:
   """Writes the records as `<out_dir>/gift_synth/<VERSION>/` and returns that directory.
 
   `splits` maps split name -> records (dicts with every field of FIELDS, all str). Written into
   a temporary directory beside the target, then renamed into place (an existing version is
   replaced only once the new one is complete)."""
-  for split, rows in splits.items():
-    for row in rows:
-      missing = [k for k in FIELDS if not isinstance(row.get(k), str)]
-      if missing:
-        raise ValueError(f"record {row.get('id', '?')} (split {split}) lacks text field(s) "
-                         f"{missing}")
+  _check(splits)
+  return _write(out_dir, lambda tmp: _builder_class()(
+      splits=splits, card=card, data_dir=tmp, file_format="array_record"), None)
+
+
+def write_beam(build: Any, split_names: Iterable[str], card: Any, out_dir: str, runner: Any,
+               options: Any) -> str:
+  """Writes the dataset with a Beam pipeline; like `write`, atomically.
+
+  build(pipeline) -> {split: PCollection of (key, example)} (`example(row)`) for each of
+  `split_names` (empty ones are dropped, as `write` never sees them); card(pipeline_result) ->
+  the dataset card, called once the pipeline has run (e.g. reading what a combiner wrote)."""
+  tfds = _tfds()
+  config = tfds.download.DownloadConfig(beam_runner=runner, beam_options=options)
+  return _write(out_dir, lambda tmp: _beam_builder_class()(
+      build=build, split_names=split_names, card=card, data_dir=tmp,
+      file_format="array_record"), config)
+
+
+def _write(out_dir: str, make_builder: Any, download_config: Any) -> str:
   tfds = _tfds()
   os.makedirs(out_dir, exist_ok=True)
   final = os.path.join(out_dir, NAME, VERSION)
   tmp = tempfile.mkdtemp(prefix=".records-", dir=out_dir)
   try:
-    builder = _builder_class()(splits=splits, card=card, data_dir=tmp, file_format="array_record")
+    builder = make_builder(tmp)
     tfds.disable_progress_bar()  # the data builder shows its own progress
-    builder.download_and_prepare()
+    builder.download_and_prepare(download_config=download_config)
     os.makedirs(os.path.dirname(final), exist_ok=True)
     old = None
     if os.path.exists(final):

@@ -151,7 +151,8 @@ def _job(task: Task, code: str, artifacts: str) -> Job:
   if artifacts:  # real ARCADE notebooks read their files relative to the dataset dir
     ctx = f"import os\nos.chdir({os.path.abspath(artifacts)!r})\n" + ctx
   capture = (task.output_var,) if task.output_var else ()
-  return Job(ctx, code, output_var=None, inputs=task.inputs, capture=capture)
+  return Job(ctx, code, output_var=None, inputs=task.inputs, capture=capture,
+             data_dirs=(os.path.abspath(artifacts),) if artifacts else ())
 
 
 def _output(task: Task, v: Any) -> Output | str:

@@ -10,6 +10,7 @@ default: this interpreter) and writes results.json, report.md and PNG plots to `
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from typing import Any, Callable
@@ -44,6 +45,16 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--timeout_s", type=float, default=60.0, help="per sandbox job")
     s.add_argument("--memory_mb", type=int, default=4096)
     s.add_argument("--no_progress", action="store_true")
+    s.add_argument("--chat_template", action="store_true",
+                   help="send prompts as user turns of the checkpoint tokenizer's chat template "
+                        "(instruct checkpoints)")
+    s.add_argument("--runner", default="local", choices=("local", "beam"),
+                   help="local: this machine's sandbox pool; beam: an Apache Beam pipeline, "
+                   "grouped by problem (pip install 'gift[beam]')")
+    s.add_argument("--beam_pipeline_options", default="",
+                   help="Beam flags (default: the multi-process DirectRunner, 2 workers)")
+    s.add_argument("--require_isolation", action="store_true",
+                   help="stop when a worker's sandbox lacks an isolation layer")
     if name == "arcade":
       s.add_argument("--context", default="full", choices=("full", "none"),
                      help="prompt variant: the notebook context, or the intent alone")
@@ -75,18 +86,45 @@ def _generator(args) -> tuple[Callable[[list[str], tuple[str, ...]], list[list[s
                   disable=args.no_progress):
       out += sampler.generate(prompts[i:i + chunk], n=args.n, temperature=args.temperature,
                               top_p=args.top_p, max_new_tokens=args.max_new_tokens, stop=stop,
-                              seed=args.seed + i)
+                              seed=args.seed + i, chat_template=args.chat_template)
     spent.append(time.perf_counter() - t0)
     return out
 
   return generate, spent
 
 
+def _sandbox_kw(args, rt: runtime_lib.RuntimeInfo) -> dict:
+  return dict(num_workers=args.num_workers, python=rt.python, timeout_s=args.timeout_s,
+              memory_mb=args.memory_mb)
+
+
 def _sandbox(args, rt: runtime_lib.RuntimeInfo):
+  from gift import beam as beam_lib
   from gift.execution.sandbox import Sandbox
 
-  return Sandbox(num_workers=args.num_workers, python=rt.python, timeout_s=args.timeout_s,
-                 memory_mb=args.memory_mb)
+  sandbox = Sandbox(**_sandbox_kw(args, rt))
+  try:
+    beam_lib.check_isolation(sandbox, args.require_isolation)
+  except BaseException:
+    sandbox.close()
+    raise
+  return sandbox
+
+
+def _on_beam(args, bench, groups: list, rt: runtime_lib.RuntimeInfo, kinds: list[str],
+             answers: dict | None) -> tuple[dict, list]:
+  """The Beam runner's results (`beam_eval.run`) and the seconds spent (all of it counts as
+  execution: sampling runs inside the pipeline)."""
+  from gift.eval import beam_eval  # Beam is imported only here
+
+  sampling = dict(n=args.n, temperature=args.temperature, top_p=args.top_p,
+                  max_new_tokens=args.max_new_tokens, seed=args.seed,
+                  chat_template=args.chat_template)
+  os.makedirs(args.workdir, exist_ok=True)
+  out = beam_eval.run(bench, groups, kinds, _sandbox_kw(args, rt), args.beam_pipeline_options,
+                      args.require_isolation, answers, args.checkpoint or "", sampling,
+                      args.workdir)
+  return out, []
 
 
 def eval_ds1000(args) -> dict[str, Any]:
@@ -100,33 +138,45 @@ def eval_ds1000(args) -> dict[str, Any]:
   ks = tuple(int(k) for k in args.ks.split(","))
   progress = not args.no_progress
   runs, notes, sampling = {}, [], []
-  with _sandbox(args, rt) as sandbox:
-    cases = ds1000.generate_cases(sandbox, problems, progress, args.timeout_s)
-    oracle, specs = ds1000.oracle(sandbox, problems, cases, progress, args.timeout_s)
-    failed = sorted(pid for pid, o in oracle.items() if not o.passed)
-    if failed:
-      notes.append(f"references failing in this runtime: {failed}")
-    spec_errors = sum(k.startswith("error:") for t in specs.values() for k in t)
-    if spec_errors:
-      notes.append(f"{spec_errors} spec renderings failed (those prompts carry no spec)")
-    if answers is not None:
-      missing = [p.problem_id for p in problems if p.problem_id not in answers]
-      cands = {p.problem_id: [ds1000.postprocess(c) for c in answers.get(p.problem_id, [""])]
+  if answers is not None:
+    missing = [p.problem_id for p in problems if p.problem_id not in answers]
+    answers = {p.problem_id: [ds1000.postprocess(c) for c in answers.get(p.problem_id, [""])]
                for p in problems}
-      if missing:
-        notes.append(f"{len(missing)} problems have no answer (scored as failed)")
-      kinds = ["answers"]
-    else:
-      generate, sampling = _generator(args)
-      kinds = _spec_kinds(args.spec_kind)
-    for kind in kinds:
-      if kind != "answers":
-        cands = ds1000.sample_candidates(lambda ps: generate(ps, ds1000.STOP), problems, kind,
-                                         specs)
-      outs = ds1000.score(sandbox, problems, cands, cases, progress=progress,
-                          timeout_s=args.timeout_s)
-      runs[kind] = report.run_entry({pid: [o.passed for o in os_] for pid, os_ in outs.items()},
-                                    groups, ks)
+    kinds = ["answers"]
+  else:
+    kinds = _spec_kinds(args.spec_kind)
+  if args.runner == "beam":
+    from gift.eval import beam_eval
+
+    bench = beam_eval.DS1000(args.timeout_s)
+    out, sampling = _on_beam(args, bench, [(p.problem_id, [p]) for p in problems], rt, kinds,
+                             answers)
+    passed_refs, spec_errors = out["oracle"], out["spec_errors"]
+    flags_by_kind = out["flags"]
+  else:
+    flags_by_kind = {}
+    with _sandbox(args, rt) as sandbox:
+      cases = ds1000.generate_cases(sandbox, problems, progress, args.timeout_s)
+      oracle, specs = ds1000.oracle(sandbox, problems, cases, progress, args.timeout_s)
+      passed_refs = {pid: o.passed for pid, o in oracle.items()}
+      spec_errors = sum(k.startswith("error:") for t in specs.values() for k in t)
+      if not args.answers:
+        generate, sampling = _generator(args)
+      for kind in kinds:
+        cands = answers if kind == "answers" else ds1000.sample_candidates(
+            lambda ps: generate(ps, ds1000.STOP), problems, kind, specs)
+        outs = ds1000.score(sandbox, problems, cands, cases, progress=progress,
+                            timeout_s=args.timeout_s)
+        flags_by_kind[kind] = {pid: [o.passed for o in os_] for pid, os_ in outs.items()}
+  failed = sorted(pid for pid, ok in passed_refs.items() if not ok)
+  if failed:
+    notes.append(f"references failing in this runtime: {failed}")
+  if spec_errors:
+    notes.append(f"{spec_errors} spec renderings failed (those prompts carry no spec)")
+  if args.answers and missing:
+    notes.append(f"{len(missing)} problems have no answer (scored as failed)")
+  for kind in kinds:
+    runs[kind] = report.run_entry(flags_by_kind[kind], groups, ks)
   wall = time.perf_counter() - t0
   settings = {"dataset": args.dataset, "source": args.answers or args.checkpoint}
   if args.checkpoint:
@@ -152,22 +202,37 @@ def eval_arcade(args) -> dict[str, Any]:
   progress = not args.no_progress
   groups = {t.task_id: t.notebook_name for t in tasks}
   runs, sampling = {}, []
-  with _sandbox(args, rt) as sandbox:
-    refs = arcade.reference_outputs(sandbox, tasks, args.artifacts, progress)
-    ok = sum(isinstance(r, arcade.Output) for r in refs.values())
-    if args.answers:
-      cands = arcade.load_answers(args.answers, tasks)
-      kinds = ["answers"]
-    else:
-      generate, sampling = _generator(args)
-      kinds = _spec_kinds(args.spec_kind)
-    for kind in kinds:
-      if kind != "answers":
-        samples = generate([t.prompt(kind) for t in tasks], prompts_lib.STOP)
-        cands = {t.task_id: [prompts_lib.cut_at_stop(c) for c in s]
-                 for t, s in zip(tasks, samples)}
-      passed = arcade.score(sandbox, tasks, cands, refs, args.artifacts, progress)
-      runs[kind] = report.run_entry(passed, groups, ks)
+  answers = arcade.load_answers(args.answers, tasks) if args.answers else None
+  kinds = ["answers"] if args.answers else _spec_kinds(args.spec_kind)
+  if args.runner == "beam":
+    from gift.eval import beam_eval
+
+    by_notebook: dict[str, list] = {}
+    for t in tasks:
+      by_notebook.setdefault(t.notebook_name, []).append(t)
+    out, sampling = _on_beam(args, beam_eval.Arcade(args.artifacts), list(by_notebook.items()),
+                             rt, kinds, answers and {t.task_id: answers.get(t.task_id, [])
+                                                     for t in tasks})
+    ok = sum(out["oracle"].values())
+    flags_by_kind = out["flags"]
+  else:
+    flags_by_kind = {}
+    with _sandbox(args, rt) as sandbox:
+      refs = arcade.reference_outputs(sandbox, tasks, args.artifacts, progress)
+      ok = sum(isinstance(r, arcade.Output) for r in refs.values())
+      if not args.answers:
+        generate, sampling = _generator(args)
+      for kind in kinds:
+        if kind == "answers":
+          cands = answers
+        else:
+          samples = generate([t.prompt(kind) for t in tasks], prompts_lib.STOP)
+          cands = {t.task_id: [prompts_lib.cut_at_stop(c) for c in s]
+                   for t, s in zip(tasks, samples)}
+        flags_by_kind[kind] = arcade.score(sandbox, tasks, cands, refs, args.artifacts,
+                                           progress)
+  for kind in kinds:
+    runs[kind] = report.run_entry(flags_by_kind[kind], groups, ks)
   wall = time.perf_counter() - t0
   settings = {"dataset": args.dataset, "context": args.context,
               "source": args.answers or args.checkpoint}

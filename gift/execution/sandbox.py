@@ -20,7 +20,11 @@ and logged once (a missing layer is a logged warning, never silent):
   processes, has no network interface but a down loopback, a read-only view of the whole file
   system except a private tmpfs `/tmp` (its scratch dir, also its cwd) and `/dev/shm`; the
   interpreter's own directories under `/tmp` (e.g. a runtime venv there) stay visible,
-  read-only. As pid 1 of its namespace, the context process kills everything left after each job.
+  read-only. A job's `data_dirs` (e.g. the folder of the notebook its context comes from)
+  appear at their own paths for that context only, read-only, through an idmapped mount that
+  shows the folder owner's files as the jobs' uid's (so a mode-0700 home folder is readable);
+  the directories above them show nothing else. As pid 1 of its namespace, the context process
+  kills everything left after each job.
 - an unprivileged uid/gid (65534) when the caller is root (directories others may not traverse,
   like /root above a pyenv, are re-exposed read-only so the interpreter's libraries import).
 - hard rlimits (soft == hard): address space, CPU seconds, file size, open files, processes,
@@ -107,6 +111,7 @@ class Job:
   capture: tuple[str, ...] = ()
   timeout_s: float | None = None
   env: dict[str, str] | None = None
+  data_dirs: tuple[str, ...] = ()
 
 
 @dataclasses.dataclass
@@ -312,12 +317,13 @@ class Sandbox:
 
   def run(self, context_code: str, code: str, output_var: str | None = "result",
           inputs: dict[str, Any] | None = None, capture=(), timeout_s: float | None = None,
-          env: dict[str, str] | None = None) -> Verdict:
+          env: dict[str, str] | None = None, data_dirs=()) -> Verdict:
     """Runs `code` after `context_code` (see `Job`, the module docstring and docs/contracts.md).
     inputs: data values injected before the context code runs; output_var None: the value of
-    the code's final expression statement, if any."""
+    the code's final expression statement, if any. data_dirs: folders (e.g. a notebook's own)
+    visible to this context and its jobs at their own paths, read-only."""
     return self.run_many([Job(context_code, code, output_var, inputs, tuple(capture), timeout_s,
-                              env)])[0]
+                              env, tuple(data_dirs))])[0]
 
   def run_many(self, jobs: list[Job]) -> list[Verdict]:
     """Runs `jobs` concurrently across the pool; verdicts in order. Jobs sharing a context
@@ -368,12 +374,15 @@ class Sandbox:
                                        and all(type(k) is str for k in job.inputs)):
       raise TypeError("Sandbox.run: inputs must be a dict of variable name -> value")
     blob = codec.encode(job.inputs, max_bytes=1 << 30) if job.inputs else b""
+    data_dirs = sorted({os.path.realpath(d) for d in job.data_dirs})
     header = {"op": "run", "context_code": job.context_code, "code": job.code,
+              "data_dirs": data_dirs,
               "output_var": job.output_var, "capture": list(job.capture), "env": env,
               "timeout_s": timeout_s, "result_limit": self.result_limit,
               "result_nodes": self.result_nodes,
               "rlimits": dict(self._limits, RLIMIT_CPU=max(1, math.ceil(timeout_s)))}
-    key = hashlib.sha256(json.dumps([job.context_code, env]).encode() + blob).hexdigest()
+    key = hashlib.sha256(json.dumps([job.context_code, env, data_dirs]).encode()
+                         + blob).hexdigest()
     return header, [blob], key
 
   def _run_on(self, worker: _Worker, header: dict, blobs: list[bytes], key: str) -> Verdict:

@@ -58,6 +58,10 @@ CLONE_NEWPID, CLONE_NEWNET, CLONE_THREAD = 0x20000000, 0x40000000, 0x00010000
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
 MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE, MNT_DETACH = 32, 4096, 16384, 1 << 18, 2
 PR_SET_PDEATHSIG, PR_SET_DUMPABLE, PR_SET_CHILD_SUBREAPER, PR_SET_NO_NEW_PRIVS = 1, 4, 36, 38
+CLONE_NEWUSER, AT_FDCWD, AT_EMPTY_PATH, AT_RECURSIVE = 0x10000000, -100, 0x1000, 0x8000
+OPEN_TREE_CLONE, OPEN_TREE_CLOEXEC, MOVE_MOUNT_F_EMPTY_PATH = 1, 0o2000000, 4
+MOUNT_ATTR_RDONLY, MOUNT_ATTR_NOSUID, MOUNT_ATTR_NODEV, MOUNT_ATTR_IDMAP = 1, 2, 4, 0x100000
+SYS_OPEN_TREE, SYS_MOVE_MOUNT, SYS_MOUNT_SETATTR = 428, 429, 442  # the same on every arch
 _NAMESPACES = (("pid", CLONE_NEWPID), ("net", CLONE_NEWNET), ("mount", CLONE_NEWNS),
                ("ipc", CLONE_NEWIPC), ("uts", CLONE_NEWUTS))
 _DENIED_SYSCALLS = (
@@ -141,28 +145,104 @@ def _expose(paths, stage_root: str) -> None:
   """Makes `paths` (e.g. the interpreter's library dirs) reachable by an unprivileged uid.
 
   A directory others may not traverse (e.g. /root, mode 700, above a pyenv) is covered by a
-  tmpfs (0755) into which only the children on the way to `paths` are bind-mounted back. Only
-  in this private mount namespace; the real directory is untouched."""
-  for n, (parent, children) in enumerate(sorted(_untraversable(paths).items())):
-    stage = os.path.join(stage_root, f".stage{n}")
-    os.mkdir(stage)
-    _mount(parent, stage, None, MS_BIND)
-    _mount("tmpfs", parent, "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755,size=1m")
-    for child in children:
-      src, dst = os.path.join(stage, child), os.path.join(parent, child)
-      if os.path.isdir(src):
-        os.mkdir(dst)
-      else:
-        open(dst, "w").close()
-      _mount(src, dst, None, MS_BIND | MS_REC)
-    _check(_libc.umount2(stage.encode(), MNT_DETACH), f"umount {stage}")
-    os.rmdir(stage)
+  tmpfs (0755) into which only the children on the way to `paths` are bind-mounted back, level
+  by level until every path is reachable. Only in this private mount namespace; the real
+  directories are untouched, and nothing else below them becomes visible."""
+  n = 0
+  while blocked := _untraversable(paths):
+    for parent, children in sorted(blocked.items()):
+      stage = os.path.join(stage_root, f".stage{n}")
+      n += 1
+      os.mkdir(stage)
+      _mount(parent, stage, None, MS_BIND)
+      _mount("tmpfs", parent, "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755,size=1m")
+      for child in children:
+        src, dst = os.path.join(stage, child), os.path.join(parent, child)
+        if os.path.isdir(src):
+          os.mkdir(dst)
+        else:
+          open(dst, "w").close()
+        _mount(src, dst, None, MS_BIND | MS_REC)
+      _check(_libc.umount2(stage.encode(), MNT_DETACH), f"umount {stage}")
+      os.rmdir(stage)
+
+
+def _syscall(number: int, *args) -> int:
+  rc = _libc.syscall(number, *args)
+  if rc < 0:
+    err = ctypes.get_errno()
+    raise OSError(err, os.strerror(err))
+  return rc
+
+
+class _MountAttr(ctypes.Structure):
+  _fields_ = [("attr_set", ctypes.c_uint64), ("attr_clr", ctypes.c_uint64),
+              ("propagation", ctypes.c_uint64), ("userns_fd", ctypes.c_uint64)]
+
+
+def _userns(uid: int, gid: int, to_id: int) -> int:
+  """A descriptor of a new user namespace mapping `uid`/`gid` to kernel id `to_id` (for an
+  idmapped mount: files of that owner appear owned by `to_id`). Needs a /proc of our pid ns."""
+  r, w = os.pipe()
+  pid = os.fork()
+  if pid == 0:  # a placeholder process whose only job is to own the namespace
+    os.close(w)
+    _libc.unshare(CLONE_NEWUSER)
+    os.read(r, 1)
+    os._exit(0)
+  os.close(r)
+  try:
+    own = os.readlink("/proc/self/ns/user")
+    deadline = time.monotonic() + 5.0
+    while os.readlink(f"/proc/{pid}/ns/user") == own:
+      if time.monotonic() > deadline:
+        raise OSError(errno.EPERM, "could not create a user namespace")
+      time.sleep(0.0005)
+    for name, ident in (("uid_map", uid), ("gid_map", gid)):
+      with open(f"/proc/{pid}/{name}", "w") as f:
+        f.write(f"{ident} {to_id} 1\n")
+    return os.open(f"/proc/{pid}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
+  finally:
+    os.close(w)
+    os.waitpid(pid, 0)
+
+
+def _clone_tree(path: str, dirfd: int = AT_FDCWD) -> int:
+  """A detached copy of the mount tree at `path` (relative to `dirfd`), as a descriptor."""
+  return _syscall(SYS_OPEN_TREE, dirfd, path.encode(),
+                  OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | AT_RECURSIVE)
+
+
+def _attach_data_dir(tree: int, path: str, owner, to_id) -> str:
+  """Mounts the detached `tree` at `path`, read-only, nosuid, nodev; with `to_id` (the jobs'
+  uid) the files of `owner` (uid, gid) appear owned by the jobs' uid (an idmapped mount), so a
+  private folder of the user is readable and still not writable. Returns "" or what failed."""
+  note, flags = "", MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV
+  if to_id is not None:
+    try:
+      ns = _userns(owner[0], owner[1], to_id)
+      try:
+        attr = _MountAttr(flags | MOUNT_ATTR_IDMAP, 0, 0, ns)
+        _syscall(SYS_MOUNT_SETATTR, tree, b"", AT_EMPTY_PATH | AT_RECURSIVE, ctypes.byref(attr),
+                 ctypes.sizeof(attr))
+        flags = 0
+      finally:
+        os.close(ns)
+    except OSError as e:  # e.g. a file system without idmapped mounts: plain read-only bind
+      note = f"{path}: no idmapped mount ({e.strerror}); readable only where others may read"
+  if flags:
+    attr = _MountAttr(flags, 0, 0, 0)
+    _syscall(SYS_MOUNT_SETATTR, tree, b"", AT_EMPTY_PATH | AT_RECURSIVE, ctypes.byref(attr),
+             ctypes.sizeof(attr))
+  _syscall(SYS_MOVE_MOUNT, tree, b"", AT_FDCWD, path.encode(), MOVE_MOUNT_F_EMPTY_PATH)
+  return note
 
 
 def _below(root: str, paths) -> list:
   """The `paths` inside `root` (each as given and resolved), outermost only, sorted."""
+  prefix = root.rstrip("/") + "/"
   found = sorted({q for p in paths for q in (os.path.abspath(p), os.path.realpath(p))
-                  if q.startswith(root + "/") and os.path.exists(q)})
+                  if q.startswith(prefix) and q != prefix and os.path.exists(q)})
   outer = []
   for q in found:
     if not any(q.startswith(o + "/") for o in outer):
@@ -170,14 +250,24 @@ def _below(root: str, paths) -> list:
   return outer
 
 
-def _setup_mounts(cfg: dict, layers: dict) -> None:
+def _setup_mounts(cfg: dict, layers: dict, data_dirs=()) -> None:
   """Private mount tree: everything read-only except fresh tmpfs /tmp and /dev/shm.
 
   The interpreter's own directories that live under /tmp (e.g. a runtime venv created there)
   are bind-mounted back into the fresh /tmp from the old one, reached through a descriptor
-  opened before the tmpfs covered it; they end up read-only like the rest."""
+  opened before the tmpfs covered it; they end up read-only like the rest. `data_dirs` (a
+  context's own folders, e.g. a notebook's) appear at their own paths, read-only and readable
+  by the jobs' uid (`_attach_data_dir`), the directories above them reachable but showing
+  nothing else (`_expose`). Problems with data dirs are noted in layers["data_dirs_error"]."""
   _mount(None, "/", None, MS_REC | MS_PRIVATE)
   keep = _below("/tmp", cfg["expose"])
+  trees, notes = [], []
+  for path in _below("/", data_dirs):  # outermost only; cloned before anything is covered
+    try:
+      st = os.stat(path)
+      trees.append((path, _clone_tree(path), (st.st_uid, st.st_gid)))
+    except OSError as e:
+      notes.append(f"{path}: {e.strerror}")
   old_tmp = os.open("/tmp", os.O_PATH | os.O_DIRECTORY)
   try:
     _mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV,
@@ -192,10 +282,22 @@ def _setup_mounts(cfg: dict, layers: dict) -> None:
       _mount(src, path, None, MS_BIND | MS_REC)
   finally:
     os.close(old_tmp)
+  for path, _, _ in trees:
+    if path.startswith("/tmp/"):  # a mount point in the fresh /tmp; its parents are 0755
+      os.makedirs(path, mode=0o755, exist_ok=True)
   if cfg["uid"] is not None:
-    _expose(cfg["expose"], "/tmp")
+    _expose(cfg["expose"] + [p for p, _, _ in trees], "/tmp")
   if layers.get("pid"):
     _mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+  for path, tree, owner in trees:
+    try:
+      notes.append(_attach_data_dir(tree, path, owner, cfg["uid"]))
+    except OSError as e:
+      notes.append(f"{path}: not mounted ({e.strerror})")
+    finally:
+      os.close(tree)
+  if any(notes):
+    layers["data_dirs_error"] = "; ".join(n for n in notes if n)
   keep = {"nosuid": MS_NOSUID, "nodev": MS_NODEV, "noexec": MS_NOEXEC}
   for point, opts in _mountinfo():
     if point in ("/tmp", "/proc") or point.startswith("/proc/"):
@@ -287,7 +389,7 @@ class Context:
     self.sock.close()
 
 
-def _start_context(cfg: dict) -> Context:
+def _start_context(cfg: dict, data_dirs=()) -> Context:
   """Forks the intermediate A, which unshares namespaces and forks B (pid 1 there) and exits;
   B is re-parented to us (the subreaper). Returns once B sent its layer report."""
   zsock, csock = socket.socketpair()
@@ -302,7 +404,7 @@ def _start_context(cfg: dict) -> Context:
         layers[name] = cfg["namespaces"] and _libc.unshare(flag) == 0
       b = os.fork()
       if b == 0:
-        _context_main(csock, cfg, layers)
+        _context_main(csock, cfg, layers, data_dirs)
       os.write(pid_w, struct.pack("!i", b))
     finally:
       os._exit(0)
@@ -317,14 +419,14 @@ def _start_context(cfg: dict) -> Context:
   return Context(b, zsock, header["layers"])
 
 
-def _context_main(sock: socket.socket, cfg: dict, layers: dict) -> None:
+def _context_main(sock: socket.socket, cfg: dict, layers: dict, data_dirs=()) -> None:
   """Body of context process B: apply the layers, run the context code, then serve jobs."""
   try:
     fd = sock.fileno()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # pid 1 keeps only explicit handlers
     if layers["mount"]:
       try:
-        _setup_mounts(cfg, layers)
+        _setup_mounts(cfg, layers, data_dirs)
       except OSError as e:
         layers["mount_error"] = str(e)
     if not layers.get("private_tmp"):
@@ -372,8 +474,20 @@ def _fresh_env(env: dict) -> None:
   os.environ.update(env)
 
 
-def _failure(status: str, e: BaseException) -> dict:
-  return {"status": status, "error_type": type(e).__name__, "error_message": str(e)[:4000]}
+def _failure(status: str, e: BaseException, note: str = "") -> dict:
+  """The failure report; a missing/unreadable file is named by its absolute path (a relative
+  name says little once the notebook's os.chdir is forgotten), with `note` (why a data dir may
+  be absent) appended."""
+  message = str(e)
+  if isinstance(e, OSError) and isinstance(e.filename, str):
+    try:
+      path = os.path.join(os.getcwd(), e.filename)
+    except OSError:
+      path = e.filename
+    message = f"{e.strerror or message}: {os.path.normpath(path)!r}"
+    if note:
+      message += f" (data dirs: {note})"
+  return {"status": status, "error_type": type(e).__name__, "error_message": message[:4000]}
 
 
 def _run_context(fd: int, header: dict, blobs, cfg: dict, layers: dict):
@@ -394,7 +508,7 @@ def _run_context(fd: int, header: dict, blobs, cfg: dict, layers: dict):
   except (SyntaxError, ValueError) as e:
     failure = _failure("syntax_error" if isinstance(e, SyntaxError) else "error", e)
   except BaseException as e:
-    failure = _failure("error", e)
+    failure = _failure("error", e, layers.get("data_dirs_error", ""))
   send_msg(fd, {"op": "failed", **failure} if failure else {"op": "ready"})
   return None if failure else ns
 
@@ -577,7 +691,7 @@ class Zygote:
       return (None, ctx) if isinstance(ctx, dict) else (ctx, None)
     t0 = time.monotonic()
     try:
-      ctx = _start_context(self.cfg)
+      ctx = _start_context(self.cfg, header.get("data_dirs") or ())
       send_msg(ctx.sock.fileno(), {"context_code": header["context_code"], "env": header["env"]},
                [blob])
       ready, _, _ = select.select([ctx.sock], [], [], header["timeout_s"])
@@ -611,7 +725,8 @@ class Zygote:
 
   def run(self, header: dict, blobs):
     """Runs one job; returns (facts, [stdout, stderr, frame])."""
-    key = hashlib.sha256(json.dumps([header["context_code"], header["env"]]).encode()
+    key = hashlib.sha256(json.dumps([header["context_code"], header["env"],
+                                     header.get("data_dirs") or []]).encode()
                          + blobs[0]).hexdigest()
     ctx, failure = self.context(key, header, blobs[0])
     if failure is not None:

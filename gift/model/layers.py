@@ -1,5 +1,5 @@
-"""Decoder building blocks: RMSNorm, RoPE, attention with GQA/MQA and a segment-aware causal mask,
-gated MLP.
+"""Decoder building blocks: RMSNorm/LayerNorm, RoPE variants, attention with GQA/MQA, a
+segment-aware causal mask, sliding windows and soft-capping, gated or plain MLP.
 
 Each block is a pure function of its weights (so one scanned layer body can call them on a slice
 of the stacked weights) plus a small Flax NNX module that owns those weights with their logical
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -93,6 +93,32 @@ def rms_norm(x: Array, scale: Array, eps: float, plus_one: bool) -> Array:
   return (y * (1.0 + scale if plus_one else scale)).astype(x.dtype)
 
 
+def layer_norm(x: Array, scale: Array, bias: Array, eps: float) -> Array:
+  """LayerNorm x [..., D] (mean and variance over D, then x * w + b); statistics in float32."""
+  x32 = x.astype(jnp.float32)
+  mean = jnp.mean(x32, axis=-1, keepdims=True)
+  y = (x32 - mean) * jax.lax.rsqrt(jnp.var(x32, axis=-1, keepdims=True) + eps)
+  return (y * scale.astype(jnp.float32) + bias.astype(jnp.float32)).astype(x.dtype)
+
+
+def norm(x: Array, p: dict, eps: float, plus_one: bool) -> Array:
+  """RMSNorm of `p` = {scale}, or LayerNorm when `p` also holds a bias (ModelConfig.norm_type)."""
+  if "bias" in p:
+    return layer_norm(x, p["scale"], p["bias"], eps)
+  return rms_norm(x, p["scale"], eps, plus_one)
+
+
+class LayerNorm(nnx.Module):
+  """Owns `scale` (init 1) and `bias` (init 0), each [*stack, D]."""
+
+  def __init__(self, dim: int, *, eps: float, stack: tuple[int, ...] = (),
+               param_dtype=jnp.float32):
+    self.eps = eps
+    axes = ("layers",) * len(stack) + ("norm",)
+    self.scale = param(None, (*stack, dim), axes, "ones", param_dtype)
+    self.bias = param(None, (*stack, dim), axes, "zeros", param_dtype)
+
+
 class RMSNorm(nnx.Module):
   """Owns `scale` [*stack, D] (axes (layers?, norm)); init 1, or 0 with `plus_one`."""
 
@@ -109,11 +135,101 @@ class RMSNorm(nnx.Module):
 # ------------------------------------------------------------------------------------------------
 # RoPE (rotate-half layout, as Hugging Face Llama/Gemma)
 # ------------------------------------------------------------------------------------------------
-def rope_tables(positions_bt: Array, head_dim: int, theta: float) -> tuple[Array, Array]:
-  """Returns (sin, cos), each float32 [B, T, H/2]: angle_i = position * theta^(-2i/H)."""
-  inv_freq_h = theta ** (-jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim)
+def _default_inv_freq(head_dim: int, theta: float) -> Array:
+  return theta ** (-jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim)
+
+
+def _rope_default(p: dict, head_dim: int, theta: float) -> tuple[Array, float]:
+  del p
+  return _default_inv_freq(head_dim, theta), 1.0
+
+
+def _rope_linear(p: dict, head_dim: int, theta: float) -> tuple[Array, float]:
+  """Position interpolation: every frequency divided by `factor` (DeepSeek-Coder, Gemma 3)."""
+  return _default_inv_freq(head_dim, theta) / p["factor"], 1.0
+
+
+def _rope_llama3(p: dict, head_dim: int, theta: float) -> tuple[Array, float]:
+  """Llama 3.1: wavelengths above original_max_position_embeddings / low_freq_factor divided by
+  `factor`, below ... / high_freq_factor kept, a smooth blend in between."""
+  inv_freq = _default_inv_freq(head_dim, theta)
+  factor, low, high = p["factor"], p["low_freq_factor"], p["high_freq_factor"]
+  old_len = p["original_max_position_embeddings"]
+  wavelen = 2 * math.pi / inv_freq
+  scaled = jnp.where(wavelen > old_len / low, inv_freq / factor, inv_freq)
+  smooth = (old_len / wavelen - low) / (high - low)
+  smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+  medium = ~(wavelen < old_len / high) & ~(wavelen > old_len / low)
+  return jnp.where(medium, smoothed, scaled), 1.0
+
+
+def _rope_yarn(p: dict, head_dim: int, theta: float) -> tuple[Array, float]:
+  """YaRN (arXiv 2309.00071), as transformers' `_compute_yarn_parameters`: interpolated low
+  frequencies, extrapolated high ones, a linear ramp between beta_slow and beta_fast rotations,
+  and cos/sin scaled by the attention factor (0.1 ln(factor) + 1 unless given)."""
+  factor, old_len = p["factor"], p["original_max_position_embeddings"]
+
+  def mscale(scale, m=1.0):
+    return 1.0 if scale <= 1 else 0.1 * m * math.log(scale) + 1.0
+
+  attention_factor = p.get("attention_factor")
+  if attention_factor is None:
+    if p.get("mscale") and p.get("mscale_all_dim"):
+      attention_factor = mscale(factor, p["mscale"]) / mscale(factor, p["mscale_all_dim"])
+    else:
+      attention_factor = mscale(factor)
+  beta_fast, beta_slow = p.get("beta_fast") or 32, p.get("beta_slow") or 1
+
+  def correction_dim(rotations):
+    return head_dim * math.log(old_len / (rotations * 2 * math.pi)) / (2 * math.log(theta))
+
+  low, high = correction_dim(beta_fast), correction_dim(beta_slow)
+  if p.get("truncate", True):
+    low, high = math.floor(low), math.ceil(high)
+  low, high = max(low, 0), min(high, head_dim - 1)
+  if low == high:
+    high += 0.001  # as transformers: no division by zero
+  ramp = jnp.clip((jnp.arange(head_dim // 2, dtype=jnp.float32) - low) / (high - low), 0, 1)
+  pos_freqs = theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim)
+  extrapolation = 1 - ramp
+  inv_freq = (1.0 / (factor * pos_freqs)) * (1 - extrapolation) + (1.0 / pos_freqs) * extrapolation
+  return inv_freq, float(attention_factor)
+
+
+# rope_type -> fn(params, head_dim, theta) -> (inverse frequencies f32 [H/2], cos/sin factor),
+# as transformers' ROPE_INIT_FUNCTIONS. `params` are ModelConfig.rope_scaling as a dict.
+ROPE_INIT_FUNCTIONS: dict[str, Callable[[dict, int, float], tuple[Array, float]]] = {
+    "default": _rope_default,
+    "linear": _rope_linear,
+    "llama3": _rope_llama3,
+    "yarn": _rope_yarn,
+}
+# The keys each type reads (anything else in a config is refused by gift/hf.py).
+ROPE_KEYS: dict[str, tuple[str, ...]] = {
+    "default": (),
+    "linear": ("factor",),
+    "llama3": ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"),
+    "yarn": ("factor", "original_max_position_embeddings", "attention_factor", "beta_fast",
+             "beta_slow", "mscale", "mscale_all_dim", "truncate"),
+}
+
+
+def rope_tables(positions_bt: Array, head_dim: int, theta: float,
+                scaling: Sequence[tuple[str, Any]] = ()) -> tuple[Array, Array]:
+  """Returns (sin, cos), each float32 [B, T, H/2]: angle_i = position * inv_freq_i, with
+  inv_freq from the `scaling` variant (ModelConfig.rope_scaling; () = theta^(-2i/H)), both
+  multiplied by the variant's attention factor (YaRN)."""
+  p = dict(scaling)
+  rope_type = p.get("rope_type", "default")
+  if rope_type not in ROPE_INIT_FUNCTIONS:
+    raise ValueError(f"model.rope_scaling rope_type={rope_type!r}; gift implements "
+                     f"{sorted(ROPE_INIT_FUNCTIONS)}")
+  inv_freq_h, factor = ROPE_INIT_FUNCTIONS[rope_type](p, head_dim, theta)
   angle_bth = positions_bt.astype(jnp.float32)[..., None] * inv_freq_h
-  return jnp.sin(angle_bth), jnp.cos(angle_bth)
+  sin_bth, cos_bth = jnp.sin(angle_bth), jnp.cos(angle_bth)
+  if factor != 1.0:
+    sin_bth, cos_bth = sin_bth * factor, cos_bth * factor
+  return sin_bth, cos_bth
 
 
 def apply_rope(x_btnh: Array, sin_bth: Array, cos_bth: Array) -> Array:
@@ -139,51 +255,76 @@ def attention_mask(q_segment_bt: Array, q_slot_bt: Array, kv_segment_bs: Array,
   return same & causal & (q_segment_bt != 0)[:, :, None]
 
 
+def sliding_window_mask(mask_bts: Array, q_slot_bt: Array, kv_slot_s: Array, window: int,
+                        sliding: bool | Array) -> Array:
+  """`mask_bts` restricted, where `sliding` (a Python bool, or a traced one from a scan over
+  layers of mixed types), to the last `window` slots up to the query's own. A segment's tokens
+  fill consecutive slots (packed rows, left-padded prompts, cache slots), so slot distance is
+  position distance within a segment."""
+  if sliding is False:
+    return mask_bts
+  near_bts = (q_slot_bt[:, :, None] - kv_slot_s[None, None, :]) < window
+  if sliding is True:
+    return mask_bts & near_bts
+  return mask_bts & (near_bts | ~sliding)
+
+
 ATTENTION_IMPLS = ("default", "xla", "cudnn")
 
 
+def softcap(x: Array, cap: float) -> Array:
+  """cap * tanh(x / cap) (Gemma 2 soft-capping); identity for cap 0."""
+  return jnp.tanh(x / cap) * cap if cap else x
+
+
 def attend(q_btnh: Array, k_bskh: Array, v_bskh: Array, mask_bts: Array,
-           impl: str = "default") -> Array:
+           impl: str = "default", scale: float | None = None, logit_cap: float = 0.0) -> Array:
   """Scaled dot-product attention with GQA/MQA; scores and softmax in float32.
 
-  q [B,T,N,H] (already rotated), k/v [B,S,K,H], N % K == 0; query scale 1/sqrt(H).
+  q [B,T,N,H] (already rotated), k/v [B,S,K,H], N % K == 0; queries scaled by `scale` (None:
+  1/sqrt(H)); scores soft-capped at `logit_cap` (0: off) before the mask.
   Returns [B, T, N, H] in q's dtype. `impl` (ModelConfig.attention_impl) "xla" or "cudnn" hands
-  self-attention (T == S, slot i = position i) to `jax.nn.dot_product_attention`.
+  self-attention (T == S, slot i = position i) to `jax.nn.dot_product_attention`; with
+  soft-capping (which that function lacks) the einsum form runs instead.
   """
   b, t, n, h = q_btnh.shape
   k = k_bskh.shape[2]
+  scale = h ** -0.5 if scale is None else scale
   if impl not in ATTENTION_IMPLS:
     raise ValueError(f"model.attention_impl={impl!r}; expected one of {ATTENTION_IMPLS}")
-  if impl != "default" and t == k_bskh.shape[1]:
-    return _attend_jax_nn(q_btnh, k_bskh, v_bskh, mask_bts, impl)
-  q_btkgh = (q_btnh * jnp.asarray(h ** -0.5, q_btnh.dtype)).reshape(b, t, k, n // k, h)
-  if t == k_bskh.shape[1] and _cpu_float32(q_btnh, k_bskh, v_bskh):  # training, no cache
+  if impl != "default" and t == k_bskh.shape[1] and not logit_cap:
+    return _attend_jax_nn(q_btnh, k_bskh, v_bskh, mask_bts, impl, scale)
+  q_btkgh = (q_btnh * jnp.asarray(scale, q_btnh.dtype)).reshape(b, t, k, n // k, h)
+  # The hand-written CPU gradient (training, no cache) has no soft-cap: autodiff's form then.
+  if t == k_bskh.shape[1] and not logit_cap and _cpu_float32(q_btnh, k_bskh, v_bskh):
     return _attend_cpu(q_btkgh, k_bskh, v_bskh, mask_bts).reshape(b, t, n, h)
   logits_bkgts = jnp.einsum("btkgh,bskh->bkgts", q_btkgh, k_bskh,
                             preferred_element_type=jnp.float32)
-  logits_bkgts = jnp.where(mask_bts[:, None, None], logits_bkgts, _MASKED)
+  logits_bkgts = jnp.where(mask_bts[:, None, None], softcap(logits_bkgts, logit_cap), _MASKED)
   probs_bkgts = jax.nn.softmax(logits_bkgts, axis=-1).astype(v_bskh.dtype)
   out_btkgh = jnp.einsum("bkgts,bskh->btkgh", probs_bkgts, v_bskh)
   return out_btkgh.reshape(b, t, n, h)
 
 
-def attend_cached(q_btnh: Array, k_bksh: Array, v_bksh: Array, mask_bts: Array) -> Array:
+def attend_cached(q_btnh: Array, k_bksh: Array, v_bksh: Array, mask_bts: Array,
+                  scale: float | None = None, logit_cap: float = 0.0) -> Array:
   """`attend` over a KV cache laid out [B, K, S, H] (transformer.KVCache): both products are
   batched over (B, K) with the cache as it lies, so no step copies or transposes the cache."""
   b, t, n, h = q_btnh.shape
   k = k_bksh.shape[1]
-  q_bkgth = (q_btnh * jnp.asarray(h ** -0.5, q_btnh.dtype)).reshape(b, t, k, n // k, h
-                                                                   ).transpose(0, 2, 3, 1, 4)
+  scale = h ** -0.5 if scale is None else scale
+  q_bkgth = (q_btnh * jnp.asarray(scale, q_btnh.dtype)).reshape(b, t, k, n // k, h
+                                                               ).transpose(0, 2, 3, 1, 4)
   logits_bkgts = jnp.einsum("bkgth,bksh->bkgts", q_bkgth, k_bksh,
                             preferred_element_type=jnp.float32)
-  logits_bkgts = jnp.where(mask_bts[:, None, None], logits_bkgts, _MASKED)
+  logits_bkgts = jnp.where(mask_bts[:, None, None], softcap(logits_bkgts, logit_cap), _MASKED)
   probs_bkgts = jax.nn.softmax(logits_bkgts, axis=-1).astype(v_bksh.dtype)
   out_bkgth = jnp.einsum("bkgts,bksh->bkgth", probs_bkgts, v_bksh)
   return out_bkgth.transpose(0, 3, 1, 2, 4).reshape(b, t, n, h)
 
 
 def _attend_jax_nn(q_btnh: Array, k_bskh: Array, v_bskh: Array, mask_bts: Array,
-                   impl: str) -> Array:
+                   impl: str, scale: float) -> Array:
   """`attend` by `jax.nn.dot_product_attention` (is_causal: the mask is causal already, and
   cuDNN then skips the upper triangle). Each token also sees itself, so padding rows (segment 0,
   which see nothing in `mask_bts`) are never fully masked: fused kernels may return NaN for
@@ -195,7 +336,7 @@ def _attend_jax_nn(q_btnh: Array, k_bskh: Array, v_bskh: Array, mask_bts: Array,
   t = q_btnh.shape[1]
   mask_b1ts = (mask_bts | jnp.eye(t, dtype=bool)[None])[:, None]
   return jax.nn.dot_product_attention(q_btnh, k_bskh, v_bskh, mask=mask_b1ts, is_causal=True,
-                                      implementation=impl)
+                                      scale=scale, implementation=impl)
 
 
 def _attend_cpu(q_btkgh: Array, k_bskh: Array, v_bskh: Array, mask_bts: Array) -> Array:
@@ -253,7 +394,8 @@ class Attention(nnx.Module):
   """Owns q [*,D,N,H], k/v [*,D,K,H], o [*,N,H,D] (`*` = stack prefix, axis `layers`)."""
 
   def __init__(self, d_model: int, num_heads: int, num_kv_heads: int, head_dim: int, *,
-               rngs: nnx.Rngs, stack: tuple[int, ...] = (), param_dtype=jnp.float32):
+               rngs: nnx.Rngs, stack: tuple[int, ...] = (), param_dtype=jnp.float32,
+               qkv_bias: bool = False, o_bias: bool = False):
     if num_heads % num_kv_heads:
       raise ValueError(f"num_heads={num_heads} is not a multiple of num_kv_heads={num_kv_heads}")
     lead = ("layers",) * len(stack)
@@ -266,45 +408,74 @@ class Attention(nnx.Module):
     self.o = param(rngs, (*stack, num_heads, head_dim, d_model),
                    lead + ("heads", "head_dim", "embed"), (num_heads * head_dim) ** -0.5,
                    param_dtype)
+    if qkv_bias:  # [*, N, H] / [*, K, H]: the projections' output layout
+      self.q_bias = param(None, (*stack, num_heads, head_dim), lead + ("heads", "head_dim"),
+                          "zeros", param_dtype)
+      self.k_bias = param(None, (*stack, num_kv_heads, head_dim),
+                          lead + ("kv_heads", "head_dim"), "zeros", param_dtype)
+      self.v_bias = param(None, (*stack, num_kv_heads, head_dim),
+                          lead + ("kv_heads", "head_dim"), "zeros", param_dtype)
+    if o_bias:  # [*, D], replicated like the norm scales
+      self.o_bias = param(None, (*stack, d_model), lead + ("norm",), "zeros", param_dtype)
+
+
+def _plus_bias(y: Array, p: dict, name: str) -> Array:
+  """y + p[name] when the layer has that bias (kept out of `dense`, whose weights may be
+  wrapped, e.g. by LoRA)."""
+  return y + p[name].astype(y.dtype) if name in p else y
 
 
 def qkv(p: dict, x_btd: Array) -> tuple[Array, Array, Array]:
-  """Projections of one layer's `p` = {q, k, v, ...} (unstacked), weights cast to x's dtype."""
+  """Projections (+ biases if any) of one layer's `p` = {q, k, v, ...} (unstacked), weights
+  cast to x's dtype."""
   dt = x_btd.dtype
-  return (dense(x_btd, p["q"].astype(dt)), dense(x_btd, p["k"].astype(dt)),
-          dense(x_btd, p["v"].astype(dt)))
+  return tuple(_plus_bias(dense(x_btd, p[name].astype(dt)), p, f"{name}_bias")
+               for name in ("q", "k", "v"))
 
 
 def out_proj(p: dict, y_btnh: Array) -> Array:
-  return dense(y_btnh, p["o"].astype(y_btnh.dtype), contract=2)
+  return _plus_bias(dense(y_btnh, p["o"].astype(y_btnh.dtype), contract=2), p, "o_bias")
 
 
 # ------------------------------------------------------------------------------------------------
-# Gated MLP
+# MLP (gated, or plain with biases)
 # ------------------------------------------------------------------------------------------------
 ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
     "silu": jax.nn.silu,  # SwiGLU (Llama)
-    "gelu_tanh": lambda x: jax.nn.gelu(x, approximate=True),  # GeGLU (Gemma)
+    "gelu_tanh": lambda x: jax.nn.gelu(x, approximate=True),  # GeGLU (Gemma), StarCoder2
+    "gelu": lambda x: jax.nn.gelu(x, approximate=False),  # the erf form
 }
 
 
 def gated_mlp(p: dict, x_btd: Array, activation: str) -> Array:
-  """down(act(x @ gate) * (x @ up)) for one layer's `p` = {gate, up, down}."""
+  """down(act(x @ gate) * (x @ up)) for one layer's `p` = {gate, up, down}; without `gate`,
+  down(act(x @ up)) (a plain MLP); each plus its bias where `p` has one."""
   dt = x_btd.dtype
-  gate_btf = dense(x_btd, p["gate"].astype(dt))
-  up_btf = dense(x_btd, p["up"].astype(dt))
-  return dense(ACTIVATIONS[activation](gate_btf) * up_btf, p["down"].astype(dt))
+  up_btf = _plus_bias(dense(x_btd, p["up"].astype(dt)), p, "up_bias")
+  if "gate" in p:
+    gate_btf = _plus_bias(dense(x_btd, p["gate"].astype(dt)), p, "gate_bias")
+    h_btf = ACTIVATIONS[activation](gate_btf) * up_btf
+  else:
+    h_btf = ACTIVATIONS[activation](up_btf)
+  return _plus_bias(dense(h_btf, p["down"].astype(dt)), p, "down_bias")
 
 
 class MLP(nnx.Module):
-  """Owns gate/up [*,D,F] and down [*,F,D]."""
+  """Owns gate (if `gated`)/up [*,D,F] and down [*,F,D]; with `bias`, [*,F] / [*,D] biases."""
 
   def __init__(self, d_model: int, mlp_dim: int, *, rngs: nnx.Rngs,
-               stack: tuple[int, ...] = (), param_dtype=jnp.float32):
+               stack: tuple[int, ...] = (), param_dtype=jnp.float32, gated: bool = True,
+               bias: bool = False):
     lead = ("layers",) * len(stack)
-    self.gate = param(rngs, (*stack, d_model, mlp_dim), lead + ("embed", "mlp"),
-                      d_model ** -0.5, param_dtype)
+    if gated:
+      self.gate = param(rngs, (*stack, d_model, mlp_dim), lead + ("embed", "mlp"),
+                        d_model ** -0.5, param_dtype)
     self.up = param(rngs, (*stack, d_model, mlp_dim), lead + ("embed", "mlp"),
                     d_model ** -0.5, param_dtype)
     self.down = param(rngs, (*stack, mlp_dim, d_model), lead + ("mlp", "embed"),
                       mlp_dim ** -0.5, param_dtype)
+    if bias:
+      if gated:
+        self.gate_bias = param(None, (*stack, mlp_dim), lead + ("mlp",), "zeros", param_dtype)
+      self.up_bias = param(None, (*stack, mlp_dim), lead + ("mlp",), "zeros", param_dtype)
+      self.down_bias = param(None, (*stack, d_model), lead + ("norm",), "zeros", param_dtype)

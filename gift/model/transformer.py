@@ -13,7 +13,8 @@ pure parameter dict, so the trainer, the sampler and the HF converter never touc
   logits_btv, cache = apply(cfg, params, prompt_bt, positions_bt, segment_ids_bt, cache=cache)
   model = from_params(cfg, params); params = params_of(model)   # NNX module <-> pure dict
 
-Block (pre-norm): x += attn(norm(x)); x += mlp(norm(x)). Einsum legend as in layers.py.
+Block (pre-norm): x += attn(norm(x)); x += mlp(norm(x)); with `sandwich_norms` (Gemma 2/3)
+the attention and MLP outputs are normed too before each add. Einsum legend as in layers.py.
 """
 from __future__ import annotations
 
@@ -83,12 +84,24 @@ class Block(nnx.Module):
 
   def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
     kw = dict(stack=(cfg.num_layers,), param_dtype=jnp.dtype(cfg.param_dtype))
-    norm = dict(eps=cfg.norm_eps, plus_one=cfg.norm_plus_one, **kw)
-    self.attn_norm = layers.RMSNorm(cfg.d_model, **norm)
+    make_norm = lambda dim=cfg.d_model: (
+        layers.LayerNorm(dim, eps=cfg.norm_eps, **kw) if cfg.norm_type == "layer" else
+        layers.RMSNorm(dim, eps=cfg.norm_eps, plus_one=cfg.norm_plus_one, **kw))
+    self.attn_norm = make_norm()
     self.attn = layers.Attention(cfg.d_model, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim,
-                                 rngs=rngs, **kw)
-    self.mlp_norm = layers.RMSNorm(cfg.d_model, **norm)
-    self.mlp = layers.MLP(cfg.d_model, cfg.mlp_dim, rngs=rngs, **kw)
+                                 rngs=rngs, qkv_bias=cfg.qkv_bias, o_bias=cfg.o_bias, **kw)
+    if cfg.qk_norm:
+      self.q_norm = layers.RMSNorm(cfg.head_dim, eps=cfg.norm_eps, plus_one=cfg.norm_plus_one,
+                                   **kw)
+      self.k_norm = layers.RMSNorm(cfg.head_dim, eps=cfg.norm_eps, plus_one=cfg.norm_plus_one,
+                                   **kw)
+    if cfg.sandwich_norms:
+      self.post_attn_norm = make_norm()
+    self.mlp_norm = make_norm()
+    self.mlp = layers.MLP(cfg.d_model, cfg.mlp_dim, rngs=rngs, gated=cfg.mlp_gated,
+                          bias=cfg.mlp_bias, **kw)
+    if cfg.sandwich_norms:
+      self.post_mlp_norm = make_norm()
 
 
 class Transformer(nnx.Module):
@@ -105,8 +118,11 @@ class Transformer(nnx.Module):
     param_dtype = jnp.dtype(cfg.param_dtype)
     self.embedder = Embedder(cfg.vocab_size, cfg.d_model, rngs=rngs, param_dtype=param_dtype)
     self.layers = Block(cfg, rngs=rngs)
-    self.final_norm = layers.RMSNorm(cfg.d_model, eps=cfg.norm_eps, plus_one=cfg.norm_plus_one,
-                                     param_dtype=param_dtype)
+    self.final_norm = (
+        layers.LayerNorm(cfg.d_model, eps=cfg.norm_eps, param_dtype=param_dtype)
+        if cfg.norm_type == "layer" else
+        layers.RMSNorm(cfg.d_model, eps=cfg.norm_eps, plus_one=cfg.norm_plus_one,
+                       param_dtype=param_dtype))
     if not cfg.tie_embeddings:
       self.unembed = layers.param(rngs, (cfg.d_model, cfg.vocab_size), ("embed", "vocab"),
                                   cfg.d_model ** -0.5, param_dtype)
@@ -188,63 +204,100 @@ def apply(cfg: ModelConfig, params: Params, tokens_bt: Array, positions_bt: Arra
   x_btd = jnp.take(params["embedder"]["embedding"], tokens_bt, axis=0).astype(dtype)
   if cfg.embed_scale:  # Gemma casts the normalizer to the compute dtype before scaling
     x_btd = x_btd * jnp.asarray(math.sqrt(cfg.d_model), dtype)
-  sin_bth, cos_bth = layers.rope_tables(positions_bt, cfg.head_dim, cfg.rope_theta)
+  rope_full = layers.rope_tables(positions_bt, cfg.head_dim, cfg.rope_theta, cfg.rope_scaling)
+  rope_local = (layers.rope_tables(positions_bt, cfg.head_dim, cfg.local_rope_theta)
+                if cfg.local_rope_theta else rope_full)
+  scale = cfg.query_pre_attn_scalar ** -0.5 if cfg.query_pre_attn_scalar else None
+  norm = lambda x, p: layers.norm(x, p, cfg.norm_eps, cfg.norm_plus_one)
+  # Per layer: sliding window or not. Mixed types (Gemma 2/3) make `sliding` a scanned input
+  # (a traced bool per layer), uniform ones a Python bool.
+  sliding_l = cfg.sliding_layers
+  uniform = len(set(sliding_l)) == 1
+
+  def layer_rope_and_mask(sliding, mask_bts, q_slot_bt, kv_slot_s):
+    mask_bts = layers.sliding_window_mask(mask_bts, q_slot_bt, kv_slot_s, cfg.sliding_window,
+                                          sliding)
+    if isinstance(sliding, bool):
+      return (rope_local if sliding else rope_full), mask_bts
+    return jax.tree.map(lambda a, b: jnp.where(sliding, a, b), rope_local, rope_full), mask_bts
+
+  def attn_half(x_btd, p, attend_fn, rope):
+    """x + attention(x) of one layer; `attend_fn(q, k, v) -> (y, aux)` (aux: updated cache)."""
+    sin_bth, cos_bth = rope
+    q_btnh, k_btkh, v_btkh = layers.qkv(p["attn"], norm(x_btd, p["attn_norm"]))
+    if "q_norm" in p:
+      q_btnh = layers.rms_norm(q_btnh, p["q_norm"]["scale"], cfg.norm_eps, cfg.norm_plus_one)
+      k_btkh = layers.rms_norm(k_btkh, p["k_norm"]["scale"], cfg.norm_eps, cfg.norm_plus_one)
+    y_btnh, aux = attend_fn(layers.apply_rope(q_btnh, sin_bth, cos_bth),
+                            layers.apply_rope(k_btkh, sin_bth, cos_bth), v_btkh)
+    y_btd = layers.out_proj(p["attn"], y_btnh)
+    if "post_attn_norm" in p:
+      y_btd = norm(y_btd, p["post_attn_norm"])
+    return x_btd + y_btd, aux
 
   def mlp_half(x_btd, p):
-    h_btd = layers.rms_norm(x_btd, p["mlp_norm"]["scale"], cfg.norm_eps, cfg.norm_plus_one)
-    return x_btd + layers.gated_mlp(p["mlp"], h_btd, cfg.mlp_activation)
-
-  def qkv_rope(x_btd, p):
-    h_btd = layers.rms_norm(x_btd, p["attn_norm"]["scale"], cfg.norm_eps, cfg.norm_plus_one)
-    q_btnh, k_btkh, v_btkh = layers.qkv(p["attn"], h_btd)
-    return (layers.apply_rope(q_btnh, sin_bth, cos_bth),
-            layers.apply_rope(k_btkh, sin_bth, cos_bth), v_btkh)
+    y_btd = layers.gated_mlp(p["mlp"], norm(x_btd, p["mlp_norm"]), cfg.mlp_activation)
+    if "post_mlp_norm" in p:
+      y_btd = norm(y_btd, p["post_mlp_norm"])
+    return x_btd + y_btd
 
   if cache is None:
     slots_t = jnp.arange(t, dtype=jnp.int32)
     mask_bts = layers.attention_mask(segment_ids_bt, slots_t[None], segment_ids_bt, slots_t)
 
-    def block(x_btd, p):
-      q_btnh, k_btkh, v_btkh = qkv_rope(x_btd, p)
-      y_btnh = layers.attend(q_btnh, k_btkh.astype(dtype), v_btkh.astype(dtype), mask_bts,
-                             cfg.attention_impl)
-      return mlp_half(x_btd + layers.out_proj(p["attn"], y_btnh), p), None
+    def block(x_btd, xs):
+      p, sliding = xs if not uniform else (xs, sliding_l[0])
+      rope, mask = layer_rope_and_mask(sliding, mask_bts, slots_t[None], slots_t)
+      attend_fn = lambda q, k, v: (layers.attend(
+          q, k.astype(dtype), v.astype(dtype), mask, cfg.attention_impl, scale,
+          cfg.attn_logit_softcap), None)
+      x_btd, _ = attn_half(x_btd, p, attend_fn, rope)
+      return mlp_half(x_btd, p), None
 
     block = _remat(block, cfg.remat_policy, cfg.scan_layers)
     if cfg.scan_layers:
-      x_btd, _ = jax.lax.scan(block, x_btd, params["layers"])
+      xs = params["layers"] if uniform else (params["layers"], jnp.asarray(sliding_l))
+      x_btd, _ = jax.lax.scan(block, x_btd, xs)
     else:
       for i in range(cfg.num_layers):
-        x_btd, _ = block(x_btd, jax.tree.map(lambda a, i=i: a[i], params["layers"]))
+        p = jax.tree.map(lambda a, i=i: a[i], params["layers"])
+        x_btd, _ = block(x_btd, p if uniform else (p, sliding_l[i]))
   else:
     # With a cache: the layers unrolled over per-layer caches (see KVCache), each new key/value
-    # written in place at slots [index, index + T).
+    # written in place at slots [index, index + T). Sliding layers mask the full-length cache
+    # down to their window (the cache keeps every slot).
     s = cache.segment_ids.shape[1]
     kv_segment_bs = jax.lax.dynamic_update_slice(cache.segment_ids,
                                                  segment_ids_bt.astype(jnp.int32),
                                                  (0, cache.index))
     q_slots_bt = (cache.index + jnp.arange(t, dtype=jnp.int32))[None]
-    mask_bts = layers.attention_mask(segment_ids_bt, q_slots_bt, kv_segment_bs,
-                                     jnp.arange(s, dtype=jnp.int32))
+    kv_slots_s = jnp.arange(s, dtype=jnp.int32)
+    mask_bts = layers.attention_mask(segment_ids_bt, q_slots_bt, kv_segment_bs, kv_slots_s)
     new_k, new_v = [], []
     for i, p in enumerate(unstack_layers(params)["layers"]):
-      q_btnh, k_btkh, v_btkh = qkv_rope(x_btd, p)
-      at = (0, 0, cache.index, 0)
-      k_bksh = jax.lax.dynamic_update_slice(
-          cache.k[i], k_btkh.swapaxes(1, 2).astype(cache.k[i].dtype), at)
-      v_bksh = jax.lax.dynamic_update_slice(
-          cache.v[i], v_btkh.swapaxes(1, 2).astype(cache.v[i].dtype), at)
-      y_btnh = layers.attend_cached(q_btnh, k_bksh.astype(dtype), v_bksh.astype(dtype), mask_bts)
-      x_btd = mlp_half(x_btd + layers.out_proj(p["attn"], y_btnh), p)
+      rope, mask = layer_rope_and_mask(sliding_l[i], mask_bts, q_slots_bt, kv_slots_s)
+
+      def attend_fn(q_btnh, k_btkh, v_btkh, i=i, mask=mask):
+        at = (0, 0, cache.index, 0)
+        k_bksh = jax.lax.dynamic_update_slice(
+            cache.k[i], k_btkh.swapaxes(1, 2).astype(cache.k[i].dtype), at)
+        v_bksh = jax.lax.dynamic_update_slice(
+            cache.v[i], v_btkh.swapaxes(1, 2).astype(cache.v[i].dtype), at)
+        y_btnh = layers.attend_cached(q_btnh, k_bksh.astype(dtype), v_bksh.astype(dtype), mask,
+                                      scale, cfg.attn_logit_softcap)
+        return y_btnh, (k_bksh, v_bksh)
+
+      x_btd, (k_bksh, v_bksh) = attn_half(x_btd, p, attend_fn, rope)
+      x_btd = mlp_half(x_btd, p)
       new_k.append(k_bksh)
       new_v.append(v_bksh)
     cache = KVCache(tuple(new_k), tuple(new_v), kv_segment_bs, cache.index + t)
 
-  x_btd = layers.rms_norm(x_btd, params["final_norm"]["scale"], cfg.norm_eps, cfg.norm_plus_one)
+  x_btd = norm(x_btd, params["final_norm"])
   if cfg.tie_embeddings:
     logits_btv = layers.dense(x_btd, params["embedder"]["embedding"].astype(dtype).T,
                               preferred_element_type=jnp.float32)
   else:
     logits_btv = layers.dense(x_btd, params["unembed"].astype(dtype),
                               preferred_element_type=jnp.float32)
-  return logits_btv, cache
+  return layers.softcap(logits_btv, cfg.final_logit_softcap), cache

@@ -104,21 +104,23 @@ class LLMBackend(Backend):
 
 
 class GiftBackend(LLMBackend):
-  """A gift checkpoint as generalist and coder, sampled with `gift.sample.Sampler`."""
+  """A gift checkpoint as generalist and coder, sampled with `gift.sample.Sampler`; with
+  `chat_template`, prompts are user turns of its tokenizer's chat template (instruct models)."""
   name = "gift"
 
   def __init__(self, checkpoint: str, temperature: float = 0.8, max_tokens: int = 256,
-               seed: int = 0, sampler: Any = None, **kw):
+               seed: int = 0, sampler: Any = None, chat_template: bool = False, **kw):
     if sampler is None:
       from gift.sample import Sampler  # JAX is imported only when this backend is used
       sampler = Sampler.from_checkpoint(checkpoint)
-    self.sampler, self.seed = sampler, seed
+    self.sampler, self.seed, self.chat_template = sampler, seed, chat_template
     super().__init__(self._complete, temperature, max_tokens, **kw)
 
   def _complete(self, prompts, n, temperature, max_tokens, role):
     stop = ("###",) if role != "code" else llm_prompts.prompts.STOP
     return self.sampler.generate(list(prompts), n=n, temperature=temperature,
-                                 max_new_tokens=max_tokens, stop=stop, seed=self.seed)
+                                 max_new_tokens=max_tokens, stop=stop, seed=self.seed,
+                                 chat_template=self.chat_template)
 
 
 class BackendError(RuntimeError):
@@ -231,7 +233,8 @@ def make(synth_cfg: Any, seed: int = 0) -> Backend:
       raise ValueError("synth.backend='gift' needs synth.gift.checkpoint (a gift checkpoint dir)")
     return GiftBackend(synth_cfg.gift.checkpoint, synth_cfg.temperature,
                        synth_cfg.max_new_tokens, seed, summaries=synth_cfg.llm_summaries,
-                       summary_max_chars=summary_chars)
+                       summary_max_chars=summary_chars,
+                       chat_template=synth_cfg.gift.chat_template)
   if kind == "openai":
     o = synth_cfg.openai
     if not o.base_url or not o.model:

@@ -35,6 +35,7 @@ from typing import Any
 
 import pandas as pd
 
+from gift import beam as beam_lib
 from gift import config as config_lib
 from gift.data import records as records_lib
 from gift.synth import backends as backends_lib
@@ -55,25 +56,71 @@ def _bar(total: int | None, desc: str, enabled: bool, unit: str = "it"):
 # ---------------------------------------------------------------------------------------------
 # Stage 1: contexts.
 # ---------------------------------------------------------------------------------------------
-def load_contexts(synth: Any, workdir: str, seed: int
-                  ) -> tuple[list[contexts_lib.Context], list[tuple[str, str]]]:
-  """All contexts named by `synth.contexts`, sorted by id, plus the skipped inputs."""
-  found, skipped = [], []
+def context_units(synth: Any, workdir: str, seed: int) -> tuple[list[tuple], list]:
+  """The files contexts are loaded from, as units of work (`load_unit`), and the named inputs
+  that do not exist. The bundled contexts' CSVs are generated here (once, into WORKDIR/contexts),
+  so that a distributed runner's workers only read files."""
+  units, skipped = [], []
   for source in synth.contexts:
     if source == "bundled":
-      c, s = contexts_lib.bundled(os.path.join(workdir, "contexts"), synth.num_bundled, seed,
-                                  synth.bundled_real, synth.max_file_mb)
+      out_dir = os.path.join(workdir, "contexts")
+      units += [("bundled", os.path.join(out_dir, name), name) for name in
+                contexts_lib.generate_bundled(out_dir, synth.num_bundled, seed)]
+      if synth.bundled_real:
+        units += [("bundled_csv", path, cid) for path, cid in contexts_lib.real_csvs()]
+    elif os.path.isdir(source):
+      names = sorted(os.listdir(source))
+      units += [("csv", os.path.join(source, n)) for n in names if n.lower().endswith(".csv")]
+      units += [("notebook", os.path.join(source, n)) for n in names if n.endswith(".ipynb")]
+    elif os.path.isfile(source):
+      units.append(("notebook" if source.endswith(".ipynb") else "csv", source))
     else:
-      c, s = contexts_lib.from_paths([source], synth.max_file_mb)
-    found, skipped = found + c, skipped + s
+      contexts_lib.skip(skipped, source, "missing: no such file or folder")
+  return units, skipped
+
+
+def load_unit(unit: tuple, max_mb: float) -> tuple[list[contexts_lib.Context], list]:
+  """The contexts of one unit from `context_units`, and the skipped input (path, reason)."""
+  kind, path = unit[0], unit[1]
+  try:
+    if kind == "bundled":
+      return [contexts_lib.from_bundled_folder(path, unit[2])], []
+    if kind == "bundled_csv":
+      return [contexts_lib.from_csv(path, unit[2], max_mb, "bundled")], []
+    if kind == "notebook":
+      return contexts_lib.from_notebook(path, max_mb), []
+    return [contexts_lib.from_csv(path, max_mb=max_mb)], []
+  except ValueError as e:
+    skipped = []
+    contexts_lib.skip(skipped, path, str(e))
+    return [], skipped
+
+
+def select_contexts(ctxs: list[contexts_lib.Context], synth: Any) -> list[contexts_lib.Context]:
+  """One context per id, sorted by id, the first `synth.max_contexts` (0: all), each showing
+  `synth.data_dirs` to its jobs besides its own folder."""
   seen, unique = set(), []
-  for ctx in sorted(found, key=lambda c: c.id):
+  for ctx in sorted(ctxs, key=lambda c: c.id):
     if ctx.id not in seen:
       seen.add(ctx.id)
       unique.append(ctx)
   if synth.max_contexts:
     unique = unique[:synth.max_contexts]
-  return unique, skipped
+  extra = tuple(os.path.abspath(os.path.expanduser(d)) for d in synth.data_dirs)
+  for ctx in unique:
+    ctx.data_dirs = tuple(dict.fromkeys(ctx.data_dirs + extra))
+  return unique
+
+
+def load_contexts(synth: Any, workdir: str, seed: int
+                  ) -> tuple[list[contexts_lib.Context], list[tuple[str, str]]]:
+  """All contexts named by `synth.contexts`, sorted by id, plus the skipped inputs."""
+  units, skipped = context_units(synth, workdir, seed)
+  found = []
+  for unit in units:
+    c, s = load_unit(unit, synth.max_file_mb)
+    found, skipped = found + c, skipped + s
+  return select_contexts(found, synth), skipped
 
 
 def probe(ctxs: list[contexts_lib.Context], sandbox: Any) -> list[tuple[str, str]]:
@@ -82,14 +129,16 @@ def probe(ctxs: list[contexts_lib.Context], sandbox: Any) -> list[tuple[str, str
   from gift.execution.sandbox import Job
 
   todo = [c for c in ctxs if c.frames is None]
-  verdicts = sandbox.run_many([Job(c.code, "None", None, c.inputs, c.frame_names) for c in todo])
+  verdicts = sandbox.run_many([Job(c.code, "None", None, c.inputs, c.frame_names,
+                                   data_dirs=c.data_dirs) for c in todo])
   failed = []
   for ctx, v in zip(todo, verdicts):
     frames = {k: f for k, f in v.captured.items() if isinstance(f, pd.DataFrame) and not f.empty}
     if v.status != "ok" or "df" not in frames and not frames:
       why = v.status if v.status != "ok" else "no dataframe captured"
-      failed.append((ctx.id, f"probe_failed: {why}: {v.error_type or ''} "
-                             f"{(v.error_message or '')[:150]}".strip()))
+      message = (v.error_message or "").removeprefix("context: ")  # names a missing file
+      failed.append((ctx.id, f"probe_failed: {why}: {v.error_type or ''}: {message[:400]}"))
+      log.warning("skipping %s: %s", ctx.id, failed[-1][1])
       continue
     if "df" not in frames:  # templates address the main frame as `df`: the first one read
       main = next(n for n in ctx.frame_names if n in frames)
@@ -151,7 +200,7 @@ def process_context(ctx: contexts_lib.Context, backend: backends_lib.Backend, sa
         drops[why] += 1
         continue
       cands.append((intent, k, code, var))
-      jobs.append(Job(ctx.code, code, var, ctx.inputs))
+      jobs.append(Job(ctx.code, code, var, ctx.inputs, data_dirs=ctx.data_dirs))
   verdicts = sandbox.run_many(jobs) if jobs else []
   input_prints = {specs.fingerprint(f) for f in (ctx.frames or {}).values()}
 
@@ -303,7 +352,7 @@ def build(cfg: Any, workdir: str, out_dir: str | None = None, sandbox: Any = Non
     for cid in sorted(shards):
       by_split[splits[cid]] += shards[cid]["records"]
     by_split = {k: v for k, v in by_split.items() if v}
-    card = make_card(shards, skipped, splits, by_split, cfg, resumed)
+    card = make_card(shards, skipped, splits, cfg)
     path = records_lib.write(by_split, out_dir, card)
     jsonl = os.path.join(workdir, "records.jsonl")
     records_lib.export_jsonl(path, jsonl)
@@ -321,30 +370,41 @@ def build(cfg: Any, workdir: str, out_dir: str | None = None, sandbox: Any = Non
       sandbox.close()
 
 
-def make_card(shards: dict, skipped: list, splits: dict, by_split: dict, cfg: Any,
-              resumed: int) -> dict:
+def card_summary(shard: dict) -> dict:
+  """What the dataset card needs of one context's shard (small: no record text)."""
+  fields = ("spec_typedesc", "spec_io_examples", "spec_io_summary", "code", "context")
+  return {"counts": shard["counts"], "drops": shard["drops"], "ops": shard["ops"],
+          "lengths": {f: [len(r[f]) for r in shard["records"]] for f in fields}}
+
+
+def make_card(shards: dict, skipped: list, splits: dict, cfg: Any) -> dict:
   """The dataset card: counts per stage, drop reasons, spec lengths, operations covered.
-  Deterministic (no timings) so the dataset info is identical after a resume."""
+  `shards` maps context id -> shard or its `card_summary`. Deterministic (no timings) so the
+  dataset info is identical after a resume and on every runner."""
+  summaries = {cid: s if "lengths" in s else card_summary(s) for cid, s in shards.items()}
   counts, drops, ops = collections.Counter(), collections.Counter(), collections.Counter()
-  for shard in shards.values():
-    counts.update(shard["counts"])
-    drops.update(shard["drops"])
-    ops.update(shard["ops"])
+  for summary in summaries.values():
+    counts.update(summary["counts"])
+    drops.update(summary["drops"])
+    ops.update(summary["ops"])
   lengths = {}
-  rows = [r for rs in by_split.values() for r in rs]
   for field in ("spec_typedesc", "spec_io_examples", "spec_io_summary", "code", "context"):
-    n = sorted(len(r[field]) for r in rows) or [0]
+    n = sorted(k for s in summaries.values() for k in s["lengths"][field]) or [0]
     lengths[field] = {"mean": round(sum(n) / len(n), 1), "max": n[-1], "median": n[len(n) // 2]}
+  split_sizes = {k: sum(s["counts"]["kept"] for c, s in summaries.items() if splits[c] == k)
+                 for k in ("train", "validation")}
   skip_reasons = collections.Counter(reason.split(":")[0] for _, reason in skipped)
   return {
       "version": records_lib.VERSION, "backend": cfg.synth.backend, "seed": cfg.seed,
-      "contexts": {"used": len(shards), "skipped": len(skipped),
-                   "skipped_reasons": dict(skip_reasons),
-                   "train": sum(s == "train" for c, s in splits.items() if c in shards),
-                   "validation": sum(s == "validation" for c, s in splits.items() if c in shards)},
-      "stages": dict(counts), "kept": counts["kept"], "drop_reasons": dict(drops),
-      "splits": {k: len(v) for k, v in by_split.items()}, "operations": dict(sorted(ops.items())),
-      "spec_lengths": lengths, "filters": [
+      "contexts": {"used": len(summaries), "skipped": len(skipped),
+                   "skipped_reasons": dict(sorted(skip_reasons.items())),
+                   "train": sum(s == "train" for c, s in splits.items() if c in summaries),
+                   "validation": sum(s == "validation" for c, s in splits.items()
+                                     if c in summaries)},
+      "stages": dict(sorted(counts.items())), "kept": counts["kept"],
+      "drop_reasons": dict(sorted(drops.items())),
+      "splits": {k: v for k, v in split_sizes.items() if v},
+      "operations": dict(sorted(ops.items())), "spec_lengths": lengths, "filters": [
           "ran without error within limits", "non-trivial result (not None, not empty, not an "
           "unchanged input)", "one sample per distinct output per intent (API diversity)"],
       "config": json.loads(json.dumps(cfg.synth.to_dict(), default=str))}
@@ -382,7 +442,7 @@ def verify(data_dir: str, ctxs: list[contexts_lib.Context], sandbox: Any) -> dic
   jobs, metas = [], []
   for r in rows:
     ctx, meta = by_id[r["context_id"]], json.loads(r["meta"])
-    jobs.append(Job(ctx.code, r["code"], meta["output_var"], ctx.inputs))
+    jobs.append(Job(ctx.code, r["code"], meta["output_var"], ctx.inputs, data_dirs=ctx.data_dirs))
     metas.append(meta)
   verdicts = sandbox.run_many(jobs)
   reasons = {}
@@ -402,13 +462,32 @@ def main(argv: list[str]) -> int:
   parser.add_argument("--verify", action="store_true",
                       help="re-execute every record and check it reproduces its output")
   parser.add_argument("--quiet", action="store_true", help="no progress bars")
+  parser.add_argument("--runner", default="local", choices=("local", "beam"),
+                      help="local: this machine's process pool; beam: an Apache Beam pipeline "
+                      "(pip install 'gift[beam]')")
+  parser.add_argument("--beam_pipeline_options", default="",
+                      help="Beam flags, e.g. \"--runner=DataflowRunner --project=P ...\" "
+                      "(default: the multi-process DirectRunner, 2 workers, on this machine)")
+  parser.add_argument("--require_isolation", action="store_true",
+                      help="stop when a worker's sandbox lacks an isolation layer")
   args = parser.parse_args(rest)
   logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
   os.makedirs(args.workdir, exist_ok=True)
-  with _sandbox(cfg) as sandbox:
-    card = build(cfg, args.workdir, args.out or None, sandbox, progress=not args.quiet)
+  if args.runner == "beam":
+    from gift.synth import beam_build  # Beam is imported only here
+
+    card = beam_build.build(cfg, args.workdir, args.out or None, args.beam_pipeline_options,
+                            args.require_isolation)
     print(summary_table(card))
     print(f"dataset: {card['dataset_dir']}\njsonl:   {card['jsonl']}")
+    if not args.verify:
+      return 0
+  with _sandbox(cfg) as sandbox:
+    beam_lib.check_isolation(sandbox, args.require_isolation)
+    if args.runner == "local":
+      card = build(cfg, args.workdir, args.out or None, sandbox, progress=not args.quiet)
+      print(summary_table(card))
+      print(f"dataset: {card['dataset_dir']}\njsonl:   {card['jsonl']}")
     if args.verify:
       ctxs, _ = load_contexts(cfg.synth, args.workdir, cfg.seed)
       probe(ctxs, sandbox)

@@ -54,6 +54,8 @@ class Context:
     `pd.read_csv` call the shown cell makes) and injected, because sandboxed jobs see neither
     the caller's /tmp nor its cwd.
   load_code: code that rebuilds `frames` from the files by absolute path (kept in records).
+  data_dirs: folders the sandbox shows this context's jobs, read-only at their own paths (the
+    notebook's or CSV's own folder, plus `synth.data_dirs`); nothing else of a private home.
   """
   id: str
   cells: list[tuple[str, str, str | None]]
@@ -64,6 +66,7 @@ class Context:
   inputs: dict[str, pd.DataFrame] | None = None
   load_code: str = ""
   frame_names: tuple[str, ...] = ()  # notebooks: the variables to probe for `frames`
+  data_dirs: tuple[str, ...] = ()
 
   def text(self) -> str:
     """The prefix as notebook script text (what the model sees)."""
@@ -136,10 +139,11 @@ def from_csv(path: str, context_id: str | None = None, max_mb: float = 20.0,
     context_id = f"{source}/{stem}-{digest}"
   cells = [("code", "import pandas as pd\n" + shown, None), ("code", "df.head()", show(frame))]
   return Context(context_id, cells, PRELUDE, {"df": frame}, source, inputs={"df": frame},
-                 load_code="import pandas as pd\n" + run)
+                 load_code="import pandas as pd\n" + run,
+                 data_dirs=(os.path.dirname(os.path.abspath(path)),))
 
 
-def _skip(skipped: list, path: str, reason: str) -> None:
+def skip(skipped: list, path: str, reason: str) -> None:
   log.warning("skipping %s: %s", path, reason)
   skipped.append((path, reason))
 
@@ -154,7 +158,7 @@ def from_csv_folder(folder: str, max_mb: float = 20.0) -> tuple[list[Context], l
     try:
       contexts.append(from_csv(path, max_mb=max_mb))
     except ValueError as e:
-      _skip(skipped, path, str(e))
+      skip(skipped, path, str(e))
   return contexts, skipped
 
 
@@ -218,7 +222,8 @@ def from_notebook(path: str, max_mb: float = 20.0) -> list[Context]:
       frames += [n for n in new if n not in frames]
       if new:
         contexts.append(Context(f"nb/{stem}-{digest}/cell{i}", list(cells), "\n".join(code),
-                                None, "notebook", frame_names=tuple(frames)))
+                                None, "notebook", frame_names=tuple(frames),
+                                data_dirs=(folder,)))
   if not contexts:
     raise ValueError("no_frames: no code cell reads a dataframe with pd.read_*/pd.DataFrame")
   return contexts
@@ -233,7 +238,7 @@ def from_notebooks(folder: str, max_mb: float = 20.0) -> tuple[list[Context], li
       try:
         contexts += from_notebook(path, max_mb)
       except ValueError as e:
-        _skip(skipped, path, str(e))
+        skip(skipped, path, str(e))
   return contexts, skipped
 
 
@@ -250,9 +255,9 @@ def from_paths(paths: Iterable[str], max_mb: float = 20.0) -> tuple[list[Context
         contexts += (from_notebook(path, max_mb) if path.endswith(".ipynb")
                      else [from_csv(path, max_mb=max_mb)])
       except ValueError as e:
-        _skip(skipped, path, str(e))
+        skip(skipped, path, str(e))
     else:
-      _skip(skipped, path, "missing: no such file or folder")
+      skip(skipped, path, "missing: no such file or folder")
   return contexts, skipped
 
 
@@ -572,10 +577,21 @@ def from_bundled_folder(folder: str, name: str, key: str | None = None) -> Conte
   if key and len(frames) > 1:
     links = [("df", var, key) for var in list(frames)[1:] if key in frames[var].columns]
   return Context(f"bundled/{name}", cells, PRELUDE, frames, "bundled", links, inputs=dict(frames),
-                 load_code="\n".join(run))
+                 load_code="\n".join(run), data_dirs=(os.path.abspath(folder),))
 
 
 MATPLOTLIB_CSVS = ("Stocks.csv", "msft.csv")
+
+
+def real_csvs() -> list[tuple[str, str]]:
+  """(path, context id) of the real CSVs matplotlib ships as sample data, where installed."""
+  try:
+    import matplotlib
+    sample = os.path.join(os.path.dirname(matplotlib.__file__), "mpl-data", "sample_data")
+  except ImportError:
+    return []
+  return [(os.path.join(sample, f), f"bundled/matplotlib_{os.path.splitext(f)[0].lower()}")
+          for f in MATPLOTLIB_CSVS if os.path.isfile(os.path.join(sample, f))]
 
 
 def bundled(out_dir: str, num: int = 24, seed: int = 0, include_real: bool = True,
@@ -585,19 +601,9 @@ def bundled(out_dir: str, num: int = 24, seed: int = 0, include_real: bool = Tru
   contexts, skipped = [], []
   for name in generate_bundled(out_dir, num, seed):
     contexts.append(from_bundled_folder(os.path.join(out_dir, name), name))
-  if include_real:
+  for path, context_id in real_csvs() if include_real else []:
     try:
-      import matplotlib
-      sample = os.path.join(os.path.dirname(matplotlib.__file__), "mpl-data", "sample_data")
-    except ImportError:
-      sample = ""
-    for fname in MATPLOTLIB_CSVS:
-      path = os.path.join(sample, fname)
-      if not os.path.isfile(path):
-        continue
-      try:
-        stem = os.path.splitext(fname)[0].lower()
-        contexts.append(from_csv(path, f"bundled/matplotlib_{stem}", max_mb, "bundled"))
-      except ValueError as e:
-        _skip(skipped, path, str(e))
+      contexts.append(from_csv(path, context_id, max_mb, "bundled"))
+    except ValueError as e:
+      skip(skipped, path, str(e))
   return contexts, skipped

@@ -375,6 +375,44 @@ def test_an_interpreter_under_tmp_still_imports_behind_the_private_tmp():
     shutil.rmtree(root)
 
 
+@pytest.fixture
+def private_home():
+  """A user's private folder outside /tmp, as on a current Ubuntu (home mode 0700): `proj/`
+  (mode 0700, root-owned) holds data; `secret.txt` lies beside it in the home."""
+  home = tempfile.mkdtemp(prefix="gift-home-", dir="/var/tmp")
+  proj = os.path.join(home, "proj")
+  os.mkdir(proj, 0o700)
+  with open(os.path.join(proj, "sales.csv"), "w") as f:
+    f.write("a,b\n1,x\n2,y\n")
+  with open(os.path.join(home, "secret.txt"), "w") as f:
+    f.write(SECRET)
+  os.chmod(home, 0o700)
+  yield home, proj
+  shutil.rmtree(home)
+
+
+def test_data_dirs_are_readable_read_only_and_show_nothing_else(sb, private_home):
+  need(sb, "uid", "readonly_root")
+  home, proj = private_home
+  ctx = f"import os\nimport pandas as pd\nos.chdir({proj!r})\ndf = pd.read_csv('sales.csv')"
+  v = run(sb, "result = (df.b.tolist(), os.getuid(), sorted(os.listdir(HOME)))",
+          context=f"HOME = {home!r}\n" + ctx, data_dirs=(proj,))
+  assert v.status == "ok" and v.result == (["x", "y"], 65534, ["proj"]), v
+  for code in (f"open({home!r} + '/secret.txt').read()",
+               f"open({proj!r} + '/sales.csv', 'a').write('z')",
+               f"open({proj!r} + '/new.txt', 'w').write('z')", f"os.chmod({proj!r}, 0o777)",
+               f"os.remove({proj!r} + '/sales.csv')"):
+    v = run(sb, code, context=ctx, data_dirs=(proj,), output_var=None)
+    assert v.status == "error" and v.error_type in ("FileNotFoundError", "PermissionError",
+                                                    "OSError"), (code, v)
+    assert SECRET not in (v.stdout + v.stderr + (v.error_message or ""))
+  assert sorted(os.listdir(proj)) == ["sales.csv"]
+  assert open(os.path.join(proj, "sales.csv")).read() == "a,b\n1,x\n2,y\n"
+  # without the folder among its data dirs, a context cannot read it: the failure names the file
+  v = sb.run(ctx, "result = 1")
+  assert v.status == "error" and f"Permission denied: {proj!r}" in v.error_message, v
+
+
 def test_an_interpreter_that_cannot_start_is_named_with_its_error(tmp_path):
   """A runtime whose interpreter lacks pandas dies at start-up: the error names the interpreter
   and quotes what it printed, instead of a bare end-of-file from the protocol."""

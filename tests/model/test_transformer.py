@@ -10,6 +10,10 @@ from gift.model import transformer as tr
 TINY = presets.get_preset("test_tiny", vocab_size=97)
 GEMMA_LIKE = TINY.replace(mlp_activation="gelu_tanh", tie_embeddings=True, embed_scale=True,
                           norm_plus_one=True, num_kv_heads=1, rope_theta=500.0)
+# Gemma 3-like: a sliding layer then a global one, local/global RoPE bases, q/k norms, biases.
+SLIDING = GEMMA_LIKE.replace(sliding_window=3, layer_types=("sliding_attention", "full_attention"),
+                             local_rope_theta=50.0, qk_norm=True, sandwich_norms=True,
+                             qkv_bias=True, rope_scaling=dict(rope_type="linear", factor=2.0))
 
 
 def _tokens(b, t, seed=0, vocab=97):
@@ -78,7 +82,7 @@ def test_output_at_t_does_not_depend_on_later_tokens():
   assert not np.allclose(a[:, 7:], b[:, 7:])
 
 
-@pytest.mark.parametrize("cfg", [TINY, GEMMA_LIKE], ids=["llama", "gemma"])
+@pytest.mark.parametrize("cfg", [TINY, GEMMA_LIKE, SLIDING], ids=["llama", "gemma", "sliding"])
 def test_packed_row_equals_separate_rows(cfg):
   params = tr.init_params(cfg, jax.random.key(3))
   a, b = _tokens(1, 5, seed=4), _tokens(1, 7, seed=5)
@@ -110,8 +114,8 @@ def test_kv_cache_prefill_then_decode_equals_full_forward(cfg):
   np.testing.assert_allclose(jnp.concatenate(chunks, 1), full, rtol=1e-5, atol=1e-5)
 
 
-def test_kv_cache_with_left_padded_prompts_equals_each_prompt_alone():
-  cfg = TINY
+@pytest.mark.parametrize("cfg", [TINY, SLIDING], ids=["llama", "sliding"])
+def test_kv_cache_with_left_padded_prompts_equals_each_prompt_alone(cfg):
   params = tr.init_params(cfg, jax.random.key(8))
   lengths, total, new = (3, 6), 6, 4
   seqs = [_tokens(1, n + new, seed=10 + i) for i, n in enumerate(lengths)]
@@ -133,6 +137,30 @@ def test_kv_cache_with_left_padded_prompts_equals_each_prompt_alone():
   for i, (s, n) in enumerate(zip(seqs, lengths)):
     want, _ = tr.apply(cfg, params, s, _positions(1, n + new))
     np.testing.assert_allclose(jnp.concatenate(got[i]), want[0], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("cached", [False, True])
+def test_sliding_layer_never_sees_past_its_window(cached):
+  """One sliding layer of window 3: the logits at t depend on tokens t-2..t only, in a full
+  forward and when decoding token by token through the (full-length) KV cache."""
+  cfg = TINY.replace(num_layers=1, sliding_window=3)
+  params = tr.init_params(cfg, jax.random.key(12))
+  tokens = _tokens(1, 9, seed=13)
+  changed = tokens.at[:, :2].set((tokens[:, :2] + 7) % 97)  # positions 0, 1
+
+  def run(toks):
+    if not cached:
+      return tr.apply(cfg, params, toks, _positions(1, 9))[0]
+    cache, out = tr.init_cache(cfg, 1, 9), []
+    for t in range(9):
+      logits, cache = tr.apply(cfg, params, toks[:, t:t + 1], _positions(1, 9)[:, t:t + 1],
+                               None, cache)
+      out.append(logits)
+    return jnp.concatenate(out, 1)
+
+  a, b = run(tokens), run(changed)
+  np.testing.assert_allclose(a[:, 4:], b[:, 4:], rtol=1e-6, atol=1e-6)  # t >= 4 sees 2.. only
+  assert not np.allclose(a[:, 3], b[:, 3])  # t = 3 sees position 1
 
 
 def _loss_and_grads(cfg, params, tokens):
@@ -200,7 +228,8 @@ def _packed_batch():
   return _tokens(2, 15, seed=21), positions, segments
 
 
-@pytest.mark.parametrize("cfg", [TINY, GEMMA_LIKE], ids=["llama-gqa", "gemma-mqa"])
+@pytest.mark.parametrize("cfg", [TINY, GEMMA_LIKE, SLIDING],
+                         ids=["llama-gqa", "gemma-mqa", "sliding"])
 def test_attention_impl_xla_equals_default_with_packing_and_padding(cfg):
   """jax.nn.dot_product_attention (the path "cudnn" also takes, with the cuDNN kernel) gives
   gift's logits and gradients on packed rows with padding; padding rows stay finite."""

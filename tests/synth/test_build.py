@@ -117,3 +117,44 @@ def test_split_by_context_is_deterministic_and_nonempty():
   assert sum(v == "validation" for v in s.values()) == 2
   assert list(build.split_of(["a", "b"], 0.1).values()).count("validation") == 1
   assert set(build.split_of(["a"], 0.1).values()) == {"train"}
+
+
+def test_notebook_and_csv_in_a_private_folder_build(tmp_path, sandbox):
+  """A user's notebook that reads a CSV beside it, in a mode-0700 root-owned folder (the
+  sandbox's jobs run as an unprivileged uid): every context builds; `synth.data_dirs` adds a
+  folder the notebook reads by absolute path; a notebook whose file is missing is skipped with
+  a reason naming that file."""
+  import os
+
+  import nbformat
+
+  proj, extra = tmp_path / "home" / "proj", tmp_path / "shared_data"
+  proj.mkdir(parents=True)
+  extra.mkdir()
+  rows = "\n".join(f"{r},{p},{u}" for r, p, u in zip("NSEWNSEW" * 3, "abcabcab" * 3, range(24)))
+  (proj / "sales.csv").write_text("region,product,units\n" + rows + "\n")
+  (extra / "prices.csv").write_text("product,price\na,1.5\nb,2.0\nc,3.25\n")
+  cells = [nbformat.v4.new_code_cell("import pandas as pd\nsales = pd.read_csv('sales.csv')\n"
+                                     f"prices = pd.read_csv({str(extra / 'prices.csv')!r})")]
+  for name, cell in (("nb", cells), ("broken", [nbformat.v4.new_code_cell(
+      "import pandas as pd\ndf = pd.read_csv('missing.csv')")])):
+    nb = nbformat.v4.new_notebook()
+    nb.cells = cell
+    nbformat.write(nb, str(proj / f"{name}.ipynb"))
+  for d in (proj, proj.parent, extra):
+    os.chmod(d, 0o700)
+  assert os.stat(proj).st_uid == os.getuid()
+  cfg = small_cfg(contexts=(str(proj),), data_dirs=(str(extra),), intents_per_context=6,
+                  validation_fraction=0.0)
+  card = build.build(cfg, str(tmp_path / "w"), sandbox=sandbox, progress=False)
+  rows = list(records.load_split(card["dataset_dir"], "train"))
+  assert {r["context_id"].split("/")[0] for r in rows} == {"csv", "nb"}, card
+  assert card["contexts"]["used"] == 2 and card["contexts"]["skipped_reasons"] == {
+      "probe_failed": 1}
+  nb_rows = [r for r in rows if r["context_id"].startswith("nb/")]
+  assert nb_rows and "pd.read_csv('sales.csv')" in nb_rows[0]["context"]
+  ctxs, skipped = build.load_contexts(cfg.synth, str(tmp_path / "w"), cfg.seed)
+  reasons = build.probe(ctxs, sandbox)
+  (cid, reason), = reasons
+  assert cid.startswith("nb/broken") and f"{proj}/missing.csv" in reason, reason
+  assert sorted(os.listdir(proj)) == ["broken.ipynb", "nb.ipynb", "sales.csv"]

