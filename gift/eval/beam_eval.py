@@ -139,7 +139,8 @@ def _sampler_handler(checkpoint: str, sampling: dict, stop: tuple):
     def load_model(self):
       from gift.sample import Sampler
 
-      return Sampler.from_checkpoint(checkpoint)
+      return Sampler.from_checkpoint(checkpoint,
+                                     merge_lora=sampling.get("lora", "merge") == "merge")
 
     def run_inference(self, batch, model, inference_args=None):
       from apache_beam.ml.inference.base import PredictionResult
@@ -162,8 +163,9 @@ def run(bench: Any, groups: list[tuple[Any, list]], kinds: list[str], sandbox_kw
         workdir: str = ".") -> dict:
   """Evaluates `groups` [(name, items)] on Beam. With `answers` ({item id: [code]}, kind
   "answers") no sampling happens; else each kind of `kinds` is sampled from `checkpoint` with
-  `sampling` (n, temperature, top_p, max_new_tokens, seed). Returns {"oracle": {id: passed},
-  "spec_errors": n, "flags": {kind: {id: [passed per candidate]}}}."""
+  `sampling` (n, temperature, top_p, max_new_tokens, seed, chat_template, lora: merge |
+  unmerged). Returns {"oracle": {id: passed}, "spec_errors": n, "flags": {kind: {id: [passed
+  per candidate]}}}."""
   import apache_beam as beam
 
   Prepare, Score = _transforms(bench, sandbox_kw, require_isolation)

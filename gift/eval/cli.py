@@ -121,7 +121,7 @@ def _on_beam(args, bench, groups: list, rt: runtime_lib.RuntimeInfo, kinds: list
 
   sampling = dict(n=args.n, temperature=args.temperature, top_p=args.top_p,
                   max_new_tokens=args.max_new_tokens, seed=args.seed,
-                  chat_template=args.chat_template)
+                  chat_template=args.chat_template, lora=args.lora)
   os.makedirs(args.workdir, exist_ok=True)
   out = beam_eval.run(bench, groups, kinds, _sandbox_kw(args, rt), args.beam_pipeline_options,
                       args.require_isolation, answers, args.checkpoint or "", sampling,
