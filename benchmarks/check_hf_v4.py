@@ -3,9 +3,9 @@ tests/test_hf_families.py (tiny random checkpoints built with this interpreter's
 and loads each in another interpreter that has transformers 4.5x, comparing its logits with
 gift's.
 
-  python -m venv --system-site-packages /work/venvs/tf457
-  /work/venvs/tf457/bin/pip install "transformers==4.57.1"
-  python benchmarks/check_hf_v4.py --python /work/venvs/tf457/bin/python
+  python -m venv --system-site-packages $HOME/venvs/tf457
+  $HOME/venvs/tf457/bin/pip install "transformers==4.57.1"
+  python benchmarks/check_hf_v4.py --python $HOME/venvs/tf457/bin/python
 """
 from __future__ import annotations
 
