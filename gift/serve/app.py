@@ -301,6 +301,18 @@ def _sse(obj: Any) -> str:
   return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
 
 
+def _chunker(rid: str, obj: str, created: int, model: str):
+  """`chunk(choices, usage=None)`: one response body (or stream chunk) of request `rid`."""
+
+  def chunk(choices: list, usage: dict | None = None) -> dict:
+    out = {"id": rid, "object": obj, "created": created, "model": model, "choices": choices}
+    if usage is not None:
+      out["usage"] = usage
+    return out
+
+  return chunk
+
+
 def create_app(server: Server) -> FastAPI:
   """The FastAPI app over `server` (its engine must be started by the caller)."""
   app = FastAPI(title="gift serve", docs_url=None, redoc_url=None, openapi_url=None)
@@ -373,12 +385,7 @@ def create_app(server: Server) -> FastAPI:
     rid, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
     prompt_tokens = sum(map(len, ids))
 
-    def chunk(choices, usage=None):
-      out = {"id": rid, "object": "text_completion", "created": created,
-             "model": server.model_name, "choices": choices}
-      if usage is not None:
-        out["usage"] = usage
-      return out
+    chunk = _chunker(rid, "text_completion", created, server.model_name)
 
     if req.stream:
       include_usage = bool((req.stream_options or {}).get("include_usage"))
@@ -456,12 +463,7 @@ def create_app(server: Server) -> FastAPI:
     seqs = server.submit([(ids, params)], req.n, queue)
     rid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
 
-    def chunk(choices, usage=None):
-      out = {"id": rid, "object": "chat.completion.chunk", "created": created,
-             "model": server.model_name, "choices": choices}
-      if usage is not None:
-        out["usage"] = usage
-      return out
+    chunk = _chunker(rid, "chat.completion.chunk", created, server.model_name)
 
     if req.stream:
       include_usage = bool((req.stream_options or {}).get("include_usage"))
