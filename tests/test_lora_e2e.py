@@ -116,8 +116,14 @@ def test_lora_train_kill9_resume_sample_export_peft(base, data_path, tmp_path, r
   assert set(adapters) == {"layers"} and set(adapters["layers"]["attn"]["q"]) == {"a", "b"}
   step_dir = os.path.join(reference, str(STEPS))
   full_bytes = 4 * transformer.param_count(model_cfg)
-  assert _dir_bytes(os.path.join(step_dir, "params")) < 0.25 * full_bytes
-  assert _dir_bytes(step_dir) < full_bytes  # params + opt_state + data < one full f32 copy
+  adapter_bytes = sum(x.nbytes for x in jax.tree.leaves(adapters))
+  assert adapter_bytes < 0.1 * full_bytes
+  # On disk, Orbax adds ~100 KB of metadata whatever the size (it varies from run to run), so
+  # compare with the base checkpoint's own params folder, overhead included: a full-model step
+  # would be >= 1x (params) and >= 3x (params + two AdamW moments) of it.
+  base_params_bytes = _dir_bytes(os.path.join(base_dir, "0", "params"))
+  assert _dir_bytes(os.path.join(step_dir, "params")) < 0.5 * base_params_bytes
+  assert _dir_bytes(step_dir) < 1.5 * base_params_bytes
 
   # kill -9 (LoRA) or SIGTERM (QLoRA: saves, exits 0) after the first finalized step, then
   # resume: bitwise the uninterrupted run.
