@@ -317,8 +317,15 @@ def attend_cached(q_btnh: Array, k_bksh: Array, v_bksh: Array, mask_bts: Array,
   scale = h ** -0.5 if scale is None else scale
   q_bkgth = (q_btnh * jnp.asarray(scale, q_btnh.dtype)).reshape(b, t, k, n // k, h
                                                                ).transpose(0, 2, 3, 1, 4)
-  logits_bkgts = jnp.einsum("bkgth,bksh->bkgts", q_bkgth, k_bksh,
-                            preferred_element_type=jnp.float32)
+  if t == 1:
+    # Decoding: keys times queries, the cache as the left operand with its contracted axis
+    # last. Written as queries times keys, XLA:CPU (under gift serve's vmap over slots) copied
+    # each layer's whole cache to [B, K, H, S] every step: 1.8x the step time at 512 slots.
+    logits_bkgts = jnp.einsum("bksh,bkgh->bkgs", k_bksh, q_bkgth[:, :, :, 0],
+                              preferred_element_type=jnp.float32)[:, :, :, None]
+  else:
+    logits_bkgts = jnp.einsum("bkgth,bksh->bkgts", q_bkgth, k_bksh,
+                              preferred_element_type=jnp.float32)
   logits_bkgts = jnp.where(mask_bts[:, None, None], softcap(logits_bkgts, logit_cap), _MASKED)
   probs_bkgts = jax.nn.softmax(logits_bkgts, axis=-1).astype(v_bksh.dtype)
   out_bkgth = jnp.einsum("bkgts,bksh->bkgth", probs_bkgts, v_bksh)

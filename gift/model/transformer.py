@@ -189,8 +189,10 @@ def _remat(fn, policy: str, in_scan: bool):
 
 def apply(cfg: ModelConfig, params: Params, tokens_bt: Array, positions_bt: Array,
           segment_ids_bt: Array | None = None, cache: KVCache | None = None,
-          ) -> tuple[Array, KVCache | None]:
+          logits_at_b: Array | None = None) -> tuple[Array, KVCache | None]:
   """The forward pass. Returns (logits [B, T, V] float32, updated cache or None).
+  `logits_at_b` (int32 [B]): only the logits at that position of each row, [B, 1, V] (a
+  prefill that needs the last prompt position's: the unembedding of the other T - 1 skipped).
 
   tokens/positions/segment_ids: int32 [B, T]; segment_ids None = one segment per row, 0 marks
   padding. A token attends to earlier-or-equal slots of its own non-zero segment. With `cache`,
@@ -293,6 +295,8 @@ def apply(cfg: ModelConfig, params: Params, tokens_bt: Array, positions_bt: Arra
       new_v.append(v_bksh)
     cache = KVCache(tuple(new_k), tuple(new_v), kv_segment_bs, cache.index + t)
 
+  if logits_at_b is not None:
+    x_btd = jnp.take_along_axis(x_btd, logits_at_b[:, None, None], axis=1)
   x_btd = norm(x_btd, params["final_norm"])
   if cfg.tie_embeddings:
     logits_btv = layers.dense(x_btd, params["embedder"]["embedding"].astype(dtype).T,

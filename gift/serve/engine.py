@@ -20,21 +20,26 @@ One decode step (`_decode`) is `transformer.apply` vmapped over the slots, each 
 cache index (= its position) and segment row, so every sequence writes its key/value at its own
 length: per-slot positions inside one jitted step of fixed shape [B, 1], compiled once per
 extent, whatever joins or leaves. Up to `decode_steps` steps run in one `lax.while_loop` per
-host sync when no request is waiting (one step when one is, so it joins at the next step); the
-loop stops early when every row is done. Rows end on device at a stop id (EOS and the
+host sync (fewer when every slot is busy and a request waits: up to the nearest max_tokens); the
+loop stops early when every row is done. Requests that arrive during a chunk join at the next
+one, all together: a burst of arrivals costs a few prefill calls, not a host round trip for
+every running sequence per arrival. Rows end on device at a stop id (EOS and the
 tokenizer's other stop ids) or at their `max_tokens`; stop strings are matched on the host
 (text, not tokens) between chunks.
 
 Joining. Waiting sequences are taken in arrival order up to the free slots, grouped by prompt
 length bucket and prefilled together (`_prefill`: one `transformer.apply` over the group into a
-fresh cache of P slots, the first token sampled from the last prompt position; jit per (U, P));
-then `_insert` writes each row's keys/values into its slot with `dynamic_update_slice` (jit per
-(U, P, W), the slot state donated, no model inside, so cheap to compile). The lowest free slot
-is taken first, so live sequences gather in the low slots, and a decode call runs over the
-smallest bucket of leading slots (`row_buckets`) that holds them all: at low traffic a step
-costs what its sequences need, not `max_batch` rows. A finished or cancelled sequence's slot
-is free for the next admission at once; stale keys/values beyond a row's length are masked by
-its segment ids (reset to 0 past the prompt on insertion).
+fresh cache of P slots, the first token sampled from the last prompt position; jit per (U, P),
+U a power of two: a group of 5 is prefilled as 4 + 1, never padded); then `_insert` writes each
+row's keys/values into its slot with `dynamic_update_slice` (one call per row, jit per (P, W),
+the slot state donated, no model inside). `Engine.warmup` compiles every one of these shapes
+(and the decode step of every (rows, extent), and every extent change) before serving, so the
+engine thread never compiles while requests run (prompts longer than the warmed buckets
+aside). The lowest free slot is taken first, so live sequences gather in the low slots, and a
+decode call runs over the smallest bucket of leading slots (`row_buckets`) that holds them all:
+at low traffic a step costs what its sequences need, not `max_batch` rows. A finished or
+cancelled sequence's slot is free for the next admission at once; stale keys/values beyond a
+row's length are masked by its segment ids (reset to 0 past the prompt on insertion).
 
 Sampling (`sample_rows`) is per row: greedy rows take the argmax of the logits, as
 `gift.sample.Sampler` does, so greedy output equals `gift sample`'s whatever else is in the
@@ -48,6 +53,7 @@ over ("data", "fsdp"), as in `gift sample`.
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import dataclasses
 import logging
 import os
@@ -277,31 +283,40 @@ def _decode(cfg: ModelConfig, params: Any, state: SlotState, alive_b: Array, num
 
 def _prefill(cfg: ModelConfig, params: Any, tokens_up: Array, length_u: Array, seed_u: Array,
              choice_u: Array, temperature_u: Array, top_k_u: Array, top_p_u: Array,
-             logprobs_u: Array) -> tuple[transformer.KVCache, Array, Array, StepOut]:
+             logprobs_u: Array) -> tuple[tuple[Any, ...], StepOut]:
   """Prefills U right-padded prompts [U, P] together and samples each one's first token.
-  Returns (their cache of P slots, segment ids [U, P], keys [U], first tokens as a StepOut
-  with K = 1). Compiled per (U, P), whatever the slot state's extent."""
+  Returns (per row: its cache of P slots with segment ids [1, P], its key [1], its first token
+  [1]; the first tokens of all rows as a StepOut with K = 1). Compiled per (U, P), whatever the
+  slot state's extent."""
   u, p = tokens_up.shape
   segment_up = (jnp.arange(p)[None] < length_u[:, None]).astype(jnp.int32)
   positions_up = jnp.broadcast_to(jnp.arange(p, dtype=jnp.int32), (u, p))
   cache = transformer.init_cache(cfg, u, p)
-  logits_upv, cache = transformer.apply(cfg, params, tokens_up, positions_up, segment_up, cache)
-  logits_uv = jnp.take_along_axis(logits_upv, (length_u - 1)[:, None, None], axis=1)[:, 0]
+  logits_u1v, cache = transformer.apply(cfg, params, tokens_up, positions_up, segment_up, cache,
+                                        logits_at_b=length_u - 1)
+  logits_uv = logits_u1v[:, 0]
   keys_u = jax.vmap(lambda s, j: jax.random.fold_in(jax.random.key(s), j))(seed_u, choice_u)
   zero_u = jnp.zeros((u,), jnp.int32)
   first_u = sample_rows(logits_uv, keys_u, zero_u, temperature_u, top_k_u, top_p_u)
   lp_u, top_ids_un, top_lp_un = _logprobs(logits_uv, first_u, logprobs_u)
-  return cache, segment_up, keys_u, StepOut(first_u[:, None], lp_u[:, None],
-                                            top_ids_un[:, None], top_lp_un[:, None])
+  # Each row's cache, segment ids, key and first token as arrays of their own (a leading axis
+  # of 1), so the slot insert compiles per (P, W), not per group size U.
+  row = lambda x, r: x[r:r + 1]
+  rows = tuple((transformer.KVCache(tuple(row(x, r) for x in cache.k),
+                                    tuple(row(x, r) for x in cache.v), row(segment_up, r),
+                                    cache.index),
+                row(keys_u, r), row(first_u, r)) for r in range(u))
+  return rows, StepOut(first_u[:, None], lp_u[:, None], top_ids_un[:, None], top_lp_un[:, None])
 
 
-def _insert(state: SlotState, cache: transformer.KVCache, segment_up: Array, keys_u: Array,
-            first_u: Array, length_u: Array, slot_u: Array, budget_u: Array,
-            temperature_u: Array, top_k_u: Array, top_p_u: Array, logprobs_u: Array,
-            stop_eos_u: Array, *, stop_ids: tuple[int, ...]) -> SlotState:
-  """Writes prefilled row u into slot slot_u[u] (P <= W) with dynamic_update_slice; padding
-  rows repeat a real row (same slot, same values). Compiled per (U, P, W): no model inside."""
-  u, p = segment_up.shape
+def _insert(state: SlotState, cache: transformer.KVCache, keys_u: Array, first_u: Array,
+            length_u: Array, slot_u: Array, budget_u: Array, temperature_u: Array,
+            top_k_u: Array, top_p_u: Array, logprobs_u: Array, stop_eos_u: Array, *,
+            stop_ids: tuple[int, ...]) -> SlotState:
+  """Writes prefilled row u (cache [U, K, P, H], its segment ids [U, P]) into slot slot_u[u]
+  (P <= W) with dynamic_update_slice. The engine inserts one row per call (U = 1), so this
+  compiles per (P, W): no model inside, cheap to compile, all warmed up before serving."""
+  u, p = cache.segment_ids.shape
   w = state.cache.segment_ids.shape[1]
   k, v, segment_bw = list(state.cache.k), list(state.cache.v), state.cache.segment_ids
   for r in range(u):  # u is small and static: one in-place slice write per row and layer
@@ -309,7 +324,7 @@ def _insert(state: SlotState, cache: transformer.KVCache, segment_up: Array, key
     for layer in range(len(k)):
       k[layer] = jax.lax.dynamic_update_slice(k[layer], cache.k[layer][r][None], at)
       v[layer] = jax.lax.dynamic_update_slice(v[layer], cache.v[layer][r][None], at)
-    row_w = jnp.pad(segment_up[r], (0, w - p))
+    row_w = jnp.pad(cache.segment_ids[r], (0, w - p))
     segment_bw = jax.lax.dynamic_update_slice(segment_bw, row_w[None], (slot_u[r], 0))
   s = state
   put = lambda x_b, x_u: x_b.at[slot_u].set(x_u)
@@ -543,41 +558,54 @@ class Engine:
       self._thread.join(timeout_s)
 
   def warmup(self, prompt_lengths: Sequence[int] | None = None) -> None:
-    """Compiles before the first request: the decode step for every (rows, extent) bucket,
-    and prefill + insert of one prompt per prompt bucket (default: the buckets up to 512
-    tokens) and extent; prefills of several prompts at once compile when first needed. Call
-    before start()."""
+    """Compiles every shape the engine thread can meet, so no request ever waits for a compile:
+    the decode step for every (rows, extent) bucket, the extent change between every two
+    extents, the prefill of every warmed prompt bucket (default: those up to 512 tokens) at
+    every group size the scheduler uses (`prefill_sizes`), and the slot insert of each of those
+    buckets into every extent that holds it. A prompt in a longer bucket compiles its prefill
+    when first seen. Call before start()."""
+    if prompt_lengths is None:
+      prompt_lengths = [p for p in self.prompt_buckets if p <= 512] or self.prompt_buckets[:1]
+    buckets = sorted({_bucket(min(n, self.max_seq_len - 1), self.prompt_buckets)
+                      for n in prompt_lengths})
     alive_b = self._put(np.zeros(self.max_batch, bool))
     for w in self.extent_buckets:
-      self._ensure_extent(w)
+      self._ensure_extent(w, exact=True)
       for rows in self.row_buckets:
         self._state, _ = _decode_jit(self.cfg, self.params, self._state, alive_b, jnp.int32(1),
                                      rows=rows, max_steps=self.decode_steps,
                                      stop_ids=self.stop_ids)
-    if prompt_lengths is None:
-      prompt_lengths = [p for p in self.prompt_buckets if p <= 512]
-    one = lambda x, dtype: jnp.asarray([x], dtype)
-    prefilled = []
-    for n in prompt_lengths:
-      n = min(n, self.max_seq_len - 1)
-      out = _prefill_jit(self.cfg, self.params, jnp.zeros((1, n), jnp.int32),
-                         one(1, jnp.int32), one(0, jnp.uint32), one(0, jnp.int32),
-                         one(0, jnp.float32), one(0, jnp.int32), one(1, jnp.float32),
-                         one(False, bool))
-      prefilled.append((n, out))
+    for a in self.extent_buckets:  # extent a -> b (the state's arrays are all zeros here)
+      for b in self.extent_buckets:
+        if a != b:
+          jax.block_until_ready(_resize_jit(self._empty_state(a), b))
+    arr = lambda x, dtype, u: np.full((u,), x, dtype)  # numpy, as the engine thread passes
+
+    def prefill(p: int, u: int):
+      return _prefill_jit(self.cfg, self.params, np.zeros((u, p), np.int32),
+                          arr(1, np.int32, u), arr(0, np.uint32, u), arr(0, np.int32, u),
+                          arr(0, np.float32, u), arr(0, np.int32, u), arr(1, np.float32, u),
+                          arr(False, bool, u))
+
+    # Prefills compile independently of each other and of the slot state: on a thread pool.
+    jobs = [(p, u) for p in buckets for u in self.prefill_sizes(p)]
+    with concurrent.futures.ThreadPoolExecutor(max(1, min(4, os.cpu_count() or 1))) as pool:
+      outs = dict(zip(jobs, pool.map(lambda job: prefill(*job), jobs)))
     # Inserting one prefilled prompt into every extent it fits (a finished row in slot 0: the
-    # engine is idle), so a new prompt length never stalls the running requests to compile.
+    # engine is idle).
+    one = lambda x, dtype: arr(x, dtype, 1)
     for w in self.extent_buckets:
-      self._state, self.width = _resize_jit(self._state, w), w
-      for n, (cache, segment_up, keys_u, out) in prefilled:
-        if n <= w:
+      self._ensure_extent(w, exact=True)
+      for p in buckets:
+        if p <= w:
+          (cache, keys, first), = outs[(p, 1)][0]
           self._state = _insert_jit(
-              self._state, cache, segment_up, keys_u, out.tokens_bk[:, 0], one(1, jnp.int32),
-              one(0, jnp.int32), one(1, jnp.int32), one(0, jnp.float32), one(0, jnp.int32),
-              one(1, jnp.float32), one(False, bool), one(True, bool), stop_ids=self.stop_ids)
-    self._state, self.width = _resize_jit(self._state, self.extent_buckets[0]), \
-        self.extent_buckets[0]
+              self._state, cache, keys, first, one(1, np.int32), one(0, np.int32),
+              one(1, np.int32), one(0, np.float32), one(0, np.int32), one(1, np.float32),
+              one(False, bool), one(True, bool), stop_ids=self.stop_ids)
+    self._ensure_extent(self.extent_buckets[0], exact=True)
     jax.block_until_ready(self._state)
+    self.stats.clear()
 
   # ---------------------------------------------------------------------------------------------
   # The engine thread.
@@ -614,15 +642,15 @@ class Engine:
         with self._lock:
           self._drop_cancelled()
           live = [s for s in self._slots if s is not None]
-          free = len(live) < self.max_batch
-          waiting = bool(self._waiting)
+          blocked = bool(self._waiting) and len(live) == self.max_batch
         if live:
-          # Someone waits for a free slot: one step, then admit it. For a busy slot: stop when
-          # the nearest sequence reaches its max_tokens. Nobody waits: a whole chunk.
+          # A whole chunk of steps: arrivals join at the next chunk, all of them prefilled
+          # together (a chunk is a few tens of ms; one step per arrival costs every running
+          # sequence a host round trip and a prefill call). Someone waits for a slot and all
+          # are busy: stop when the nearest sequence reaches its max_tokens.
           steps = self.decode_steps
-          if waiting:
-            steps = 1 if free else min([steps] + [s.params.max_tokens - len(s.ids)
-                                                  for s in live])
+          if blocked:
+            steps = min([steps] + [s.params.max_tokens - len(s.ids) for s in live])
           self._decode(max(1, steps))
     except BaseException as e:  # every waiting client gets an error, none hangs
       log.exception("gift serve engine failed")
@@ -663,23 +691,33 @@ class Engine:
       taken.append(seq)
     return taken
 
-  def _ensure_extent(self, need: int) -> None:
-    """Grows the cache extent to hold `need` slots, or shrinks it when far more than needed."""
+  def _ensure_extent(self, need: int, exact: bool = False) -> None:
+    """Grows the cache extent to hold `need` slots, or shrinks it when far more than needed
+    (`exact`: to the bucket of `need` either way)."""
     w = _bucket(min(need, self.max_seq_len), self.extent_buckets)
-    if w > self.width or w * 2 <= self.width:
+    if w > self.width or w * 2 <= self.width or (exact and w != self.width):
       self._state = _resize_jit(self._state, w)
       self.width = w
       self.stats["resizes"] += 1
 
   def _admit(self, seqs: list[Choice]) -> None:
-    """Prefills the sequences in groups of one prompt bucket and inserts them into their slots."""
+    """Prefills the sequences in groups of one prompt bucket and inserts them into their slots.
+    A group is cut into calls of the warmed-up sizes (`prefill_sizes`), largest first, so no
+    call pads rows and none compiles while serving."""
     groups: dict[int, list[Choice]] = collections.defaultdict(list)
     for s in seqs:
       groups[_bucket(len(s.prompt_ids), self.prompt_buckets)].append(s)
     for p, group in sorted(groups.items()):
-      per_call = max(1, self.max_prefill_tokens // p)
-      for start in range(0, len(group), per_call):
-        self._prefill_group(p, group[start:start + per_call])
+      while group:
+        u = max(x for x in self.prefill_sizes(p) if x <= len(group))
+        self._prefill_group(p, group[:u])
+        group = group[u:]
+
+  def prefill_sizes(self, p: int) -> tuple[int, ...]:
+    """Numbers of prompts of bucket p prefilled in one call: powers of two up to max_batch and
+    `max_prefill_tokens` padded tokens (at least one prompt)."""
+    cap = max(1, min(self.max_batch, self.max_prefill_tokens // p))
+    return tuple(x for x in _pow2_up_to(1, self.max_batch) if x <= cap and x & (x - 1) == 0)
 
   def _live_need(self, extra: int) -> int:
     """Cache slots the live sequences need for `extra` more steps."""
@@ -691,32 +729,40 @@ class Engine:
     return need
 
   def _prefill_group(self, p: int, group: list[Choice]) -> None:
+    t0 = time.perf_counter()
     self._ensure_extent(max(p, self._live_need(self.decode_steps)))
-    u = _bucket(len(group), _pow2_up_to(1, self.max_batch))
-    rows = group + [group[0]] * (u - len(group))  # padding rows repeat row 0 exactly
-    tokens_up = np.full((u, p), self.pad_id, np.int32)
-    for r, s in enumerate(rows):
+    tokens_up = np.full((len(group), p), self.pad_id, np.int32)
+    for r, s in enumerate(group):
       tokens_up[r, :len(s.prompt_ids)] = s.prompt_ids
-    col = lambda f, dtype: jnp.asarray(np.asarray([f(s) for s in rows], dtype))
+    col = lambda f, dtype: np.asarray([f(s) for s in group], dtype)
     sp = lambda s: s.params
     length_u = col(lambda s: len(s.prompt_ids), np.int32)
     temperature_u = col(lambda s: sp(s).temperature, np.float32)
     top_k_u = col(lambda s: sp(s).top_k, np.int32)
     top_p_u = col(lambda s: sp(s).top_p, np.float32)
     logprobs_u = col(lambda s: sp(s).logprobs is not None, bool)
-    cache, segment_up, keys_u, out = _prefill_jit(
-        self.cfg, self.params, jnp.asarray(tokens_up), length_u,
-        col(lambda s: s.seed, np.uint32), col(lambda s: s.choice, np.int32), temperature_u,
-        top_k_u, top_p_u, logprobs_u)
-    self._state = _insert_jit(
-        self._state, cache, segment_up, keys_u, out.tokens_bk[:, 0], length_u,
-        col(lambda s: s.slot, np.int32), col(lambda s: sp(s).max_tokens, np.int32),
-        temperature_u, top_k_u, top_p_u, logprobs_u,
-        col(lambda s: not sp(s).ignore_eos, bool), stop_ids=self.stop_ids)
-    self.stats["prefills"] += 1
-    self._take_output(group, jax.device_get(out), list(range(len(group))))
+    seed_u, choice_u = col(lambda s: s.seed, np.uint32), col(lambda s: s.choice, np.int32)
+    # numpy arguments: jit transfers them (jnp.asarray would compile a staging op per shape
+    # on this thread)
+    rows, out = _prefill_jit(self.cfg, self.params, tokens_up, length_u, seed_u, choice_u,
+                             temperature_u, top_k_u, top_p_u, logprobs_u)
+    budget_u = col(lambda s: sp(s).max_tokens, np.int32)
+    stop_eos_u = col(lambda s: not sp(s).ignore_eos, bool)
+    for r, (s, (cache, keys, first)) in enumerate(zip(group, rows)):
+      one = lambda x_u, r=r: x_u[r:r + 1]
+      self._state = _insert_jit(
+          self._state, cache, keys, first, one(length_u), np.asarray([s.slot], np.int32),
+          one(budget_u), one(temperature_u), one(top_k_u), one(top_p_u), one(logprobs_u),
+          one(stop_eos_u), stop_ids=self.stop_ids)
+    out = jax.device_get(out)
+    t1 = time.perf_counter()
+    self.stats.update(prefills=1, prefill_rows=len(group), prefill_padded_tokens=len(group) * p,
+                      prefill_s=t1 - t0)
+    self._take_output(group, out, list(range(len(group))))
+    self.stats["host_s"] += time.perf_counter() - t1
 
   def _decode(self, steps: int) -> None:
+    t0 = time.perf_counter()
     with self._lock:
       live = [s for s in self._slots if s is not None]
     self._ensure_extent(self._live_need(steps))
@@ -727,8 +773,13 @@ class Engine:
     self._state, out = _decode_jit(self.cfg, self.params, self._state, self._put(alive_b),
                                    jnp.int32(steps), rows=rows, max_steps=self.decode_steps,
                                    stop_ids=self.stop_ids)
-    self.stats["decode_calls"] += 1
-    self._take_output(live, jax.device_get(out), [s.slot for s in live])
+    out = jax.device_get(out)
+    t1 = time.perf_counter()
+    ran = int((out.tokens_bk >= 0).any(0).sum())
+    self.stats.update(decode_calls=1, decode_steps=ran, decode_row_steps=ran * rows,
+                      decode_extent_steps=ran * self.width, decode_s=t1 - t0)
+    self._take_output(live, out, [s.slot for s in live])
+    self.stats["host_s"] += time.perf_counter() - t1
 
   def _take_output(self, seqs: list[Choice], out: StepOut, rows: list[int]) -> None:
     """Hands each sequence its new tokens (row rows[i] of `out`), ends finished ones."""

@@ -72,6 +72,38 @@ def test_greedy_equals_sampler_with_mixed_concurrent_traffic(engine, params):
   assert engine.load()["busy"] == 0
 
 
+def test_after_warmup_the_engine_thread_never_compiles(params):
+  """Every shape the scheduler produces is compiled by warmup(): a burst of arrivals in two
+  prompt buckets (groups of 3 = 2 + 1), an extent that grows and shrinks, more sequences than
+  slots; greedy outputs still equal the Sampler's."""
+  eng = Engine(CFG, params, TOK, max_batch=4, max_seq_len=128, decode_steps=4,
+               prompt_buckets=(32, 64), extent_buckets=(64, 128))
+  eng.warmup()
+  compiled = []
+
+  def on_event(event, duration_s, **kw):
+    if event == "/jax/core/compile/backend_compile_duration":
+      compiled.append(threading.current_thread().name)
+
+  jax.monitoring.register_event_duration_secs_listener(on_event)
+  eng.start()
+  try:
+    prompts = _prompts([5, 20, 50, 9, 60, 30], seed=4)
+    greedy = SamplingParams(max_tokens=24, temperature=0.0, ignore_eos=True)
+    first = eng.submit_many([(p, greedy, 1) for p in prompts[:3]])
+    while not any(s.ids for s in first):
+      time.sleep(0.01)
+    rest = eng.submit_many([(p, greedy, 1) for p in prompts[3:]])
+    for s in first + rest:
+      assert s.done_event.wait(300)
+  finally:
+    eng.stop()
+    jax.monitoring.unregister_event_duration_listener(on_event)
+  assert "gift-serve-engine" not in compiled
+  assert eng.stats["resizes"] >= 1 and eng.stats["prefills"] >= 3
+  assert [s.ids for s in first + rest] == _reference(params, prompts, 24)
+
+
 def test_seeded_samples_do_not_depend_on_the_batch(engine):
   prompts = _prompts([4, 20, 9])
   p = SamplingParams(max_tokens=16, temperature=0.9, top_k=40, top_p=0.95, seed=5,
