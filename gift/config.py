@@ -77,6 +77,9 @@ def base_config() -> ConfigDict:
       exec_eval=ConfigDict(dict(
           tasks="",  # "" = validation split of data.path (GIFT TFDS); or an episodes .json
           num_tasks=96,  # evenly spread over the task set; 0 = all
+          # Evaluations before the last step on an even spread of this many of those tasks
+          # (0 = all of them): a cheaper curve, the final numbers on every task.
+          interim_tasks=0,
           spec_kinds=(),  # () = the kinds the training data uses
           max_new_tokens=128, batch_size=32)),
   ))

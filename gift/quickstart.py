@@ -64,13 +64,13 @@ def get_config(arg: str | None = None) -> config_lib.ConfigDict:
   c.train.exec_eval_every = 175
   c.train.exec_eval.num_tasks = 0
   c.train.exec_eval.spec_kinds = SPEC_KINDS
-  c.train.exec_eval.max_new_tokens = 64  # the longest training target is 44 tokens + EOS
+  c.train.exec_eval.max_new_tokens = 64  # the longest target is 46 tokens + EOS
   c.train.exec_eval.batch_size = 32
   c.checkpoint.every = 100
   c.sample.n = 5
   c.sample.temperature = 0.8
   c.sample.top_p = 0.95
-  c.sample.max_new_tokens = 96
+  c.sample.max_new_tokens = 64  # as in the in-training evaluation (targets: <= 46 tokens)
   c.sample.batch_size = 32
   with c.unlocked():
     c.quickstart = config_lib.ConfigDict(dict(

@@ -130,15 +130,16 @@ def _prefill(cfg: ModelConfig, params: Any, tokens_up: Array, segment_ids_up: Ar
   # Prompt slots only: the prefill's attention spans P slots, not P + M. The M decode slots
   # (segment 0 = empty) are appended after the repeat.
   cache = transformer.init_cache(cfg, u, p)
-  logits_upv, cache = transformer.apply(cfg, params, tokens_up, positions_up, segment_ids_up,
-                                        cache)
+  last_u1 = jnp.full((u, 1), p - 1, jnp.int32)  # prompts are left-padded: all end at P - 1
+  logits_u1v, cache = transformer.apply(cfg, params, tokens_up, positions_up, segment_ids_up,
+                                        cache, logits_at_bk=last_u1)
   kv_pad = ((0, 0), (0, 0), (0, max_new_tokens), (0, 0))
   grow = lambda x_bksh: jnp.pad(jnp.repeat(x_bksh, n, axis=0), kv_pad)
   cache = transformer.KVCache(
       tuple(map(grow, cache.k)), tuple(map(grow, cache.v)),
       jnp.pad(jnp.repeat(cache.segment_ids, n, axis=0), ((0, 0), (0, max_new_tokens))),
       cache.index)
-  logits_bv = jnp.repeat(logits_upv[:, -1], n, axis=0)
+  logits_bv = jnp.repeat(logits_u1v[:, 0], n, axis=0)
   first_b = sample_logits(logits_bv, keys_b, jnp.int32(0), temperature, top_p, top_k, greedy,
                           nucleus)
   tokens_bm = jnp.full((u * n, max_new_tokens), pad_id, jnp.int32).at[:, 0].set(first_b)

@@ -229,12 +229,13 @@ def train(cfg: Any, workdir: str) -> dict[str, Any]:
     exec_eval = intrain.ExecEval(cfg, model_cfg, tok, mesh, workdir, is_main, say)
   evaluated = set()
 
-  def run_exec_eval(step: int) -> None:
+  def run_exec_eval(step: int, final: bool = False) -> None:
+    final = final or step >= num_steps
     if lcfg is None:
-      exec_eval.run(step, params)
+      exec_eval.run(step, params, final)
     else:  # the sampler runs the merged model (in the compute dtype)
       exec_eval.run(step, jax.jit(lambda b, a: lora_lib.merge(
-          model_cfg, lcfg, b, a, jax.numpy.dtype(model_cfg.dtype)))(base, params))
+          model_cfg, lcfg, b, a, jax.numpy.dtype(model_cfg.dtype)))(base, params), final)
     evaluated.add(step)
 
   def log_exec_eval(wait: bool = False) -> None:
@@ -344,7 +345,7 @@ def train(cfg: Any, workdir: str) -> dict[str, Any]:
       save_state(step, data_state, now=True)  # the end of the run (no-op if already saved)
     if exec_eval is not None and not ckpt.preempted(step) and step > start_step \
         and step not in evaluated:
-      run_exec_eval(step)  # the data ran out before num_steps
+      run_exec_eval(step, final=True)  # the data ran out before num_steps
   finally:
     if exec_eval is not None:
       log_exec_eval(wait=True)

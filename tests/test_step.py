@@ -55,6 +55,29 @@ def test_loss_terms_match_a_log_softmax_reference():
   assert float(weight) == batch["loss_mask"].sum()
 
 
+@pytest.mark.parametrize("fraction", [0.1, 0.6])  # loss positions fit in T / 4, or do not
+def test_loss_on_the_target_positions_only_equals_the_full_loss_and_its_gradient(fraction):
+  """Rows of T >= 64 compute logits only at each row's loss positions when they fit in T / 4
+  (else at every position): the loss and its gradient equal the all-positions reference."""
+  params = tr.init_params(TINY, jax.random.key(1))
+  batch = _batch(4, 64, seed=3)
+  rng = np.random.default_rng(4)
+  batch["loss_mask"] = ((rng.random((4, 64)) < fraction) * (batch["segment_ids"] > 0)
+                        ).astype(np.float32)
+  assert (batch["loss_mask"].sum(1).max() <= 16) == (fraction < 0.5)
+
+  def reference(p):
+    logits, _ = tr.apply(TINY, p, batch["inputs"], batch["positions"], batch["segment_ids"])
+    nll = (jax.nn.logsumexp(logits, -1)
+           - np.take_along_axis(logits, batch["targets"][..., None], -1)[..., 0])
+    return (nll * batch["loss_mask"]).sum()
+
+  got, grads = jax.value_and_grad(lambda p: step.loss_terms(TINY, p, batch)[0])(params)
+  want, want_grads = jax.value_and_grad(reference)(params)
+  np.testing.assert_allclose(got, want, rtol=1e-5)
+  jax.tree.map(lambda a, b: _rel_close(a, b, 1e-4), grads, want_grads)
+
+
 def test_schedule_warms_up_then_decays_to_end_ratio():
   for kind in ("cosine", "linear", "constant"):
     sched = step.make_schedule(_train_cfg(schedule=kind, end_lr_ratio=0.1))

@@ -246,7 +246,8 @@ class ExecEval:
     except Exception:  # noqa: BLE001 - reported with each evaluation that needs them
       self._refs = traceback.format_exc(limit=3)
 
-  def _execute(self, step: int, completions: dict[str, list[str]], sample_s: float) -> dict:
+  def _execute(self, step: int, completions: dict[str, list[str]], sample_s: float,
+               which: list[int]) -> dict:
     from gift.eval import arcade
 
     t0 = time.perf_counter()
@@ -256,11 +257,13 @@ class ExecEval:
         raise RuntimeError(f"reference outputs failed: {self._refs}")
     box = self._sandbox()
     # A task whose reference fails to run cannot be passed: it is left out of the rate.
-    ok = [i for i, t in enumerate(self.tasks) if isinstance(self._refs[t.task_id], arcade.Output)]
-    tasks = [self.tasks[i] for i in ok]
+    # completions[kind][j] is the completion of task which[j].
+    ok = [j for j, i in enumerate(which)
+          if isinstance(self._refs[self.tasks[i].task_id], arcade.Output)]
+    tasks = [self.tasks[which[j]] for j in ok]
     row, passed = {}, {}
     for kind, outs in completions.items():
-      cands = {t.task_id: [prompts_lib.cut_at_stop(outs[i])] for t, i in zip(tasks, ok)}
+      cands = {t.task_id: [prompts_lib.cut_at_stop(outs[j])] for t, j in zip(tasks, ok)}
       flags = arcade.score(box, tasks, cands, self._refs)
       passed[kind] = sorted(tid for tid, f in flags.items() if f[0])
       row[f"pass@1/{kind}"] = len(passed[kind]) / max(1, len(tasks))
@@ -270,22 +273,26 @@ class ExecEval:
     os.makedirs(self.out_dir, exist_ok=True)
     path = os.path.join(self.out_dir, f"step_{step}.json")
     with open(path + ".tmp", "w") as f:
-      json.dump({"step": step, "metrics": row, "passed": passed,
-                 "completions": completions}, f)
+      json.dump({"step": step, "metrics": row, "passed": passed, "completions": completions,
+                 "task_ids": [self.tasks[i].task_id for i in which]}, f)
     os.replace(path + ".tmp", path)
     return row
 
   # -- the trainer's calls -----------------------------------------------------------------
-  def run(self, step: int, params: Any) -> None:
-    """Samples every task with every spec kind (all processes), then queues the execution."""
+  def run(self, step: int, params: Any, final: bool = True) -> None:
+    """Samples every task (or, before the `final` evaluation, the `interim_tasks` spread of
+    them) with every spec kind (all processes), then queues the execution."""
     from gift.sample import Sampler
 
     t0 = time.perf_counter()
+    which = list(range(len(self.tasks)))
+    if not final and self.ev.get("interim_tasks"):
+      which = spread(which, self.ev.interim_tasks)
     sampler = Sampler(self.model_cfg, params, self.tok, mesh=self.mesh,
                       batch_size=self.ev.batch_size, buckets=self.cfg.sample.prompt_buckets)
     completions = {}
     for kind in self.kinds:
-      outs = sampler.generate(self.prompts[kind], n=1, temperature=0.0,
+      outs = sampler.generate([self.prompts[kind][i] for i in which], n=1, temperature=0.0,
                               max_new_tokens=self.ev.max_new_tokens, stop=prompts_lib.STOP)
       completions[kind] = [o[0] for o in outs]
     del sampler  # its arrays alias the trainer's, which the next step donates
@@ -293,7 +300,7 @@ class ExecEval:
       self.keeper.stage(step, params)
     if self.is_main:
       self._pending.append((step, self._pool.submit(
-          self._execute, step, completions, time.perf_counter() - t0)))
+          self._execute, step, completions, time.perf_counter() - t0, which)))
 
   def poll(self, wait: bool = False) -> list[tuple[int, dict]]:
     """Finished evaluations, oldest first: (step, row). A failed one (sandbox error) gives a row

@@ -19,7 +19,7 @@ the attention and MLP outputs are normed too before each add. Einsum legend as i
 from __future__ import annotations
 
 import math
-from typing import Any, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -187,17 +187,24 @@ def _remat(fn, policy: str, in_scan: bool):
   return jax.checkpoint(fn, policy=REMAT_POLICIES[policy], prevent_cse=not in_scan)
 
 
+def norm_fn(cfg: ModelConfig) -> Callable[[Array, dict], Array]:
+  return lambda x, p: layers.norm(x, p, cfg.norm_eps, cfg.norm_plus_one)
+
+
 def apply(cfg: ModelConfig, params: Params, tokens_bt: Array, positions_bt: Array,
           segment_ids_bt: Array | None = None, cache: KVCache | None = None,
-          logits_at_b: Array | None = None) -> tuple[Array, KVCache | None]:
+          logits_at_bk: Array | None = None, hidden: bool = False,
+          ) -> tuple[Array, KVCache | None]:
   """The forward pass. Returns (logits [B, T, V] float32, updated cache or None).
-  `logits_at_b` (int32 [B]): only the logits at that position of each row, [B, 1, V] (a
-  prefill that needs the last prompt position's: the unembedding of the other T - 1 skipped).
 
   tokens/positions/segment_ids: int32 [B, T]; segment_ids None = one segment per row, 0 marks
   padding. A token attends to earlier-or-equal slots of its own non-zero segment. With `cache`,
   the T new keys/values go to slots [cache.index, cache.index + T) and the queries attend over
   all cache slots under the same rule; the returned cache has index += T.
+  `logits_at_bk` (int32 [B, K]): only those positions' logits, [B, K, V] (the unembedding of
+  the other T - K positions is never computed: a prefill needs the last one, a loss its
+  targets'). `hidden`: return the last layer's output [B, T, D] instead of logits (see
+  `unembed`).
   """
   dtype = jnp.dtype(cfg.dtype)
   b, t = tokens_bt.shape
@@ -210,7 +217,7 @@ def apply(cfg: ModelConfig, params: Params, tokens_bt: Array, positions_bt: Arra
   rope_local = (layers.rope_tables(positions_bt, cfg.head_dim, cfg.local_rope_theta)
                 if cfg.local_rope_theta else rope_full)
   scale = cfg.query_pre_attn_scalar ** -0.5 if cfg.query_pre_attn_scalar else None
-  norm = lambda x, p: layers.norm(x, p, cfg.norm_eps, cfg.norm_plus_one)
+  norm = norm_fn(cfg)
   # Per layer: sliding window or not. Mixed types (Gemma 2/3) make `sliding` a scanned input
   # (a traced bool per layer), uniform ones a Python bool.
   sliding_l = cfg.sliding_layers
@@ -295,13 +302,19 @@ def apply(cfg: ModelConfig, params: Params, tokens_bt: Array, positions_bt: Arra
       new_v.append(v_bksh)
     cache = KVCache(tuple(new_k), tuple(new_v), kv_segment_bs, cache.index + t)
 
-  if logits_at_b is not None:
-    x_btd = jnp.take_along_axis(x_btd, logits_at_b[:, None, None], axis=1)
-  x_btd = norm(x_btd, params["final_norm"])
-  if cfg.tie_embeddings:
-    logits_btv = layers.dense(x_btd, params["embedder"]["embedding"].astype(dtype).T,
-                              preferred_element_type=jnp.float32)
-  else:
-    logits_btv = layers.dense(x_btd, params["unembed"].astype(dtype),
-                              preferred_element_type=jnp.float32)
-  return layers.softcap(logits_btv, cfg.final_logit_softcap), cache
+  if hidden:
+    return x_btd, cache
+  if logits_at_bk is not None:
+    x_btd = jnp.take_along_axis(x_btd, logits_at_bk[..., None], axis=1)
+  return unembed(cfg, params, x_btd), cache
+
+
+def unembed(cfg: ModelConfig, params: Params, x_btd: Array) -> Array:
+  """The last layer's output [B, T, D] (`apply(..., hidden=True)`) -> logits [B, T, V] float32:
+  the final norm, the unembedding (tied or not) and the final soft-cap."""
+  dtype = jnp.dtype(cfg.dtype)
+  x_btd = norm_fn(cfg)(x_btd, params["final_norm"])
+  w_dv = (params["embedder"]["embedding"].astype(dtype).T if cfg.tie_embeddings
+          else params["unembed"].astype(dtype))
+  logits_btv = layers.dense(x_btd, w_dv, preferred_element_type=jnp.float32)
+  return layers.softcap(logits_btv, cfg.final_logit_softcap)

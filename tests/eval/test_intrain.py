@@ -37,7 +37,8 @@ def _cfg(dataset, *extra):
           "--config.train.lr=3e-3", "--config.checkpoint.every=3",
           "--config.checkpoint.async_save=False", "--config.train.progress=False",
           "--config.train.exec_eval_every=3", f"--config.train.exec_eval.spec_kinds={KINDS}",
-          "--config.train.exec_eval.num_tasks=6", "--config.train.exec_eval.max_new_tokens=12",
+          "--config.train.exec_eval.num_tasks=6", "--config.train.exec_eval.interim_tasks=4",
+          "--config.train.exec_eval.max_new_tokens=12",
           "--config.train.exec_eval.batch_size=8", "--config.execution.num_workers=2", *extra]
   return gc.parse_args(args)[0]
 
@@ -72,14 +73,19 @@ def reference(dataset, tmp_path_factory, repo_root):
 def test_rows_with_pass_at_1_per_spec_kind_at_the_eval_steps(reference):
   evals = _evals(reference)
   assert sorted(evals) == [3, 6]
-  for row in evals.values():
-    assert {f"pass@1/{k}" for k in KINDS} <= set(row) and row["exec_eval/tasks"] == 6
+  # interim_tasks=4: the step-3 evaluation samples an even spread of 4 of the 6 tasks; the last
+  # one (step 6) all of them.
+  for step, n in ((3, 4), (6, 6)):
+    row = evals[step]
+    assert {f"pass@1/{k}" for k in KINDS} <= set(row) and row["exec_eval/tasks"] == n
     assert all(0.0 <= row[f"pass@1/{k}"] <= 1.0 for k in KINDS)
+    comps = _completions(reference, step)
+    assert set(comps) == set(KINDS) and all(len(v) == n for v in comps.values())
+  ids = {s: json.load(open(os.path.join(reference, intrain.RESULTS_DIR, f"step_{s}.json")))[
+      "task_ids"] for s in (3, 6)}
+  assert ids[3] == intrain.spread(ids[6], 4)
   assert all("loss" in r for r in metrics_lib.read_jsonl(os.path.join(reference, "metrics.jsonl"))
              if r["step"] in (3, 6) and "pass@1/none" not in r)
-  for step in (3, 6):
-    comps = _completions(reference, step)
-    assert set(comps) == set(KINDS) and all(len(v) == 6 for v in comps.values())
   best = json.load(open(os.path.join(reference, intrain.BEST_DIR, "best.json")))
   assert best["step"] in (3, 6) and best["metric"] == "pass@1/io_summary"
   assert not os.listdir(os.path.join(reference, "best_candidates"))
