@@ -293,7 +293,7 @@ def _prefill(cfg: ModelConfig, params: Any, tokens_up: Array, length_u: Array, s
   positions_up = jnp.broadcast_to(jnp.arange(p, dtype=jnp.int32), (u, p))
   cache = transformer.init_cache(cfg, u, p)
   logits_u1v, cache = transformer.apply(cfg, params, tokens_up, positions_up, segment_up, cache,
-                                        logits_at_b=length_u - 1)
+                                        logits_at_bk=(length_u - 1)[:, None])
   logits_uv = logits_u1v[:, 0]
   keys_u = jax.vmap(lambda s, j: jax.random.fold_in(jax.random.key(s), j))(seed_u, choice_u)
   zero_u = jnp.zeros((u,), jnp.int32)
