@@ -575,10 +575,11 @@ class Engine:
         self._state, _ = _decode_jit(self.cfg, self.params, self._state, alive_b, jnp.int32(1),
                                      rows=rows, max_steps=self.decode_steps,
                                      stop_ids=self.stop_ids)
-    for a in self.extent_buckets:  # extent a -> b (the state's arrays are all zeros here)
-      for b in self.extent_buckets:
+    for a in self.extent_buckets:  # extent a -> b, from a state as the engine thread holds
+      self._ensure_extent(a, exact=True)  # one (a jit's output: a fresh one can differ in how
+      for b in self.extent_buckets:       # it is placed, and compile again)
         if a != b:
-          jax.block_until_ready(_resize_jit(self._empty_state(a), b))
+          jax.block_until_ready(_resize_jit(self._state, b))
     arr = lambda x, dtype, u: np.full((u,), x, dtype)  # numpy, as the engine thread passes
 
     def prefill(p: int, u: int):
