@@ -20,7 +20,6 @@ can be overridden like other commands: `gift quickstart --config.train.num_steps
 """
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import os
@@ -28,6 +27,7 @@ import sys
 import time
 from typing import Any
 
+import gift
 from gift import config as config_lib
 
 SPEC_KINDS = ("none", "typedesc", "io_examples", "io_summary")
@@ -476,7 +476,7 @@ def stage_report(cfg: Any, workdir: str, card: dict, runs: dict, results: dict,
   return out
 
 def main(argv: list[str]) -> int:
-  parser = argparse.ArgumentParser(prog="gift quickstart", description=__doc__.split("\n")[0])
+  parser = gift.ArgumentParser(prog="gift quickstart", description=__doc__.split("\n")[0])
   parser.add_argument("--workdir", default="gift_quickstart")
   parser.add_argument("--ablation", action="store_true",
                       help="also train and evaluate the ungrounded baselines (no specs)")
