@@ -1,5 +1,7 @@
 """gift: grounded instruction fine-tuning (GIFT4Code) of code LLMs in JAX/Flax."""
 
+import argparse
+
 __version__ = "0.1.0"
 
 
@@ -14,3 +16,13 @@ class UserError(Exception):
 
 class InputError(UserError, ValueError):
   """A malformed input (file contents, an unsupported model, a bad value)."""
+
+
+class ArgumentParser(argparse.ArgumentParser):
+  """argparse with gift's one-line errors: a bad command line (a missing or unknown flag, a
+  wrongly typed value) raises UserError, which `gift <command>` prints as one line
+  `gift <command>: <what argparse says> (see gift <command> --help)` with exit status 2 (not
+  argparse's usage block). Subcommand parsers are of this class too."""
+
+  def error(self, message: str):
+    raise UserError(f"{message} (see {self.prog} --help)")

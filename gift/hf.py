@@ -38,7 +38,6 @@ stored meaning: Llama applies `x * w`, Gemma `x * (1 + w)` (gift's `norm_plus_on
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import os
@@ -51,6 +50,7 @@ import numpy as np
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
+import gift
 from gift import InputError
 from gift.model import layers
 from gift.model.presets import ModelConfig
@@ -914,7 +914,7 @@ def import_main(argv: list[str]) -> int:
   """`gift import-hf --hf_dir DIR --out CKPT [--dtype bfloat16] [--max_seq_len N]`, or
   `gift import-hf --peft_adapter DIR (--base CKPT | --hf_dir BASE) --out CKPT` (a LoRA
   checkpoint; with --hf_dir the base is imported into CKPT/base first)."""
-  p = argparse.ArgumentParser(prog="gift import-hf", description=__doc__.splitlines()[0])
+  p = gift.ArgumentParser(prog="gift import-hf", description=__doc__.splitlines()[0])
   p.add_argument("--hf_dir", default=None, help="HF model dir: config.json + *.safetensors")
   p.add_argument("--peft_adapter", default=None,
                  help="a PEFT LoRA adapter dir (adapter_config.json + adapter_model.safetensors)")
@@ -962,7 +962,7 @@ def tokenizer_source(hf_dir: str) -> str | None:
 
 def export_main(argv: list[str]) -> int:
   """`gift export-hf --checkpoint CKPT --out DIR [--step S] [--dtype bfloat16]`."""
-  p = argparse.ArgumentParser(prog="gift export-hf", description=__doc__.splitlines()[0])
+  p = gift.ArgumentParser(prog="gift export-hf", description=__doc__.splitlines()[0])
   p.add_argument("--checkpoint", required=True, help="gift checkpoint dir")
   p.add_argument("--out", required=True, help="HF model dir to write (must not exist)")
   p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")

@@ -16,7 +16,6 @@ devices there, set XLA_FLAGS=--xla_force_host_platform_device_count=N).
 """
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -26,6 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+import gift
 from gift import config as config_lib
 from gift import flops, sharding, step
 from gift.model import transformer
@@ -168,7 +168,7 @@ def main(argv: list[str]) -> int:
     print(format_presets())
     return 0
   cfg, rest = config_lib.parse_args(argv)
-  parser = argparse.ArgumentParser(prog="gift plan", description=__doc__.split("\n\n")[0])
+  parser = gift.ArgumentParser(prog="gift plan", description=__doc__.split("\n\n")[0])
   parser.add_argument("--num_devices", type=int, default=None,
                       help="devices that fill the mesh's -1 axis (default: this host's)")
   parser.add_argument("--json", action="store_true", help="print the figures as JSON")

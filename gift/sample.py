@@ -24,7 +24,6 @@ sample index only, not on batch composition or batch size.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -34,6 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+import gift
 from gift.model import transformer
 from gift.model.presets import ModelConfig
 
@@ -410,7 +410,7 @@ def main(argv: list[str]) -> int:
   JSON line per prompt: {"prompt_index", "prompt", "completions"}."""
   from gift.config import base_config
   d = base_config().sample
-  p = argparse.ArgumentParser(prog="gift sample", description=__doc__.splitlines()[0])
+  p = gift.ArgumentParser(prog="gift sample", description=__doc__.splitlines()[0])
   p.add_argument("--checkpoint", required=True, help="gift checkpoint dir")
   p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
   p.add_argument("--prompt", action="append", default=[], help="a prompt (repeatable)")

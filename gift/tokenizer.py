@@ -18,7 +18,6 @@ the notebook cell markers `# In[ ]:` / `# Out[ ]:` are single tokens.
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import datetime
 import functools
@@ -33,6 +32,7 @@ from typing import Any, Iterable, Iterator, Protocol
 
 import sentencepiece as spm
 
+import gift
 from gift import InputError
 
 # Always-whole pieces for notebook code: cell markers, newline/tab, indentation runs. Spaces are
@@ -616,7 +616,7 @@ def read_corpus(patterns: Iterable[str]) -> Iterator[str]:
 
 
 def main(argv: list[str]) -> int:
-  parser = argparse.ArgumentParser(prog="gift tokenizer")
+  parser = gift.ArgumentParser(prog="gift tokenizer")
   sub = parser.add_subparsers(dest="cmd", required=True)
   t = sub.add_parser("train", help="train a code-friendly SentencePiece model")
   t.add_argument("--input", nargs="+", required=True, help="text/.py/.jsonl files or globs")

@@ -65,6 +65,12 @@ CASES = {
     "tokenizer encode with a broken tokenizer.json": (
         ["tokenizer", "encode", "--model", "{t}/badtok", "x"],
         "tokenizer.json is not a Hugging Face tokenizer.json"),
+    # Bad command lines: argparse's message as one line, not its usage block.
+    "sample with a flag missing its value": (
+        ["sample", "--checkpoint"], "argument --checkpoint: expected one argument"),
+    "quickstart with an unknown flag": (["quickstart", "--bogus"], "unrecognized arguments"),
+    "eval ds1000 without its required flag": (["eval", "ds1000"], "--answers --checkpoint"),
+    "import-hf without --out": (["import-hf", "--hf_dir", "{t}/hf"], "required: --out"),
     "exec with a missing code file": (
         ["exec", "--context", "{t}/missing.py", "--code", "{t}/missing.py"], "missing.py"),
 }

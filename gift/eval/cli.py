@@ -15,13 +15,14 @@ import sys
 import time
 from typing import Any, Callable
 
+import gift
 from gift.data import prompts as prompts_lib
 from gift.eval import arcade, ds1000, report
 from gift.execution import runtime as runtime_lib
 
 
 def _parser() -> argparse.ArgumentParser:
-  p = argparse.ArgumentParser(prog="gift eval", description=__doc__.split("\n\n")[0])
+  p = gift.ArgumentParser(prog="gift eval", description=__doc__.split("\n\n")[0])
   sub = p.add_subparsers(dest="benchmark", required=True)
   for name in ("ds1000", "arcade"):
     s = sub.add_parser(name)
@@ -68,7 +69,7 @@ def _spec_kinds(text: str) -> list[str]:
   kinds = list(prompts_lib.SPEC_KINDS) if text == "all" else text.split(",")
   bad = [k for k in kinds if k not in prompts_lib.SPEC_KINDS]
   if bad:
-    raise SystemExit(f"gift eval: --spec_kind {bad}; expected {prompts_lib.SPEC_KINDS} or 'all'")
+    raise gift.UserError(f"--spec_kind {bad}; expected some of {prompts_lib.SPEC_KINDS} or 'all'")
   return kinds
 
 

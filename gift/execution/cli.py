@@ -12,11 +12,12 @@ import argparse
 import json
 import sys
 
+import gift
 from gift import config as gift_config
 
 
 def _parser() -> argparse.ArgumentParser:
-  p = argparse.ArgumentParser(prog="gift exec", description=__doc__.split("\n\n")[0])
+  p = gift.ArgumentParser(prog="gift exec", description=__doc__.split("\n\n")[0])
   p.add_argument("--context", default=None, help="file with the context (notebook prefix) code")
   p.add_argument("--code", required=True, help="file with the code to run")
   p.add_argument("--output_var", default="result",

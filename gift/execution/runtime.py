@@ -12,13 +12,14 @@ A runtime directory is complete once `gift_runtime.json` exists in it (written l
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import os
 import subprocess
 import sys
 from typing import Any
+
+import gift
 
 MARKER = "gift_runtime.json"
 # Pins per preset. DS-1000 (pandas): upstream's environment.yml pins pandas and numpy; problem 15
@@ -171,7 +172,7 @@ def create(runtime_dir: str, preset: str = "ds1000", python: str | None = None,
 
 def main(argv: list[str]) -> int:
   """`gift runtime create --preset NAME DIR` | `gift runtime info DIR`."""
-  parser = argparse.ArgumentParser(prog="gift runtime", description=__doc__.split("\n\n")[0])
+  parser = gift.ArgumentParser(prog="gift runtime", description=__doc__.split("\n\n")[0])
   sub = parser.add_subparsers(dest="cmd", required=True)
   c = sub.add_parser("create", help="build a pinned virtualenv")
   c.add_argument("--preset", default="ds1000", choices=sorted(PRESETS))

@@ -19,7 +19,6 @@ validates, tokenizes and formats.
 """
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import logging
@@ -36,6 +35,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+import gift
 from gift import tokenizer as tokenizer_lib
 from gift.serve import engine as engine_lib
 
@@ -526,7 +526,7 @@ def _mesh(spec: str):
 
 
 def main(argv: list[str]) -> int:
-  p = argparse.ArgumentParser(prog="gift serve", description=__doc__.splitlines()[0])
+  p = gift.ArgumentParser(prog="gift serve", description=__doc__.splitlines()[0])
   p.add_argument("--checkpoint", required=True, help="gift checkpoint dir")
   p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
   p.add_argument("--host", default="127.0.0.1")

@@ -23,7 +23,6 @@ timings are in the card's `timing` entry.
 """
 from __future__ import annotations
 
-import argparse
 import collections
 import hashlib
 import json
@@ -35,6 +34,7 @@ from typing import Any
 
 import pandas as pd
 
+import gift
 from gift import beam as beam_lib
 from gift import config as config_lib
 from gift.data import records as records_lib
@@ -456,7 +456,7 @@ def verify(data_dir: str, ctxs: list[contexts_lib.Context], sandbox: Any) -> dic
 
 def main(argv: list[str]) -> int:
   cfg, rest = config_lib.parse_args(argv)
-  parser = argparse.ArgumentParser(prog="gift build-data", description=__doc__.split("\n")[0])
+  parser = gift.ArgumentParser(prog="gift build-data", description=__doc__.split("\n")[0])
   parser.add_argument("--workdir", required=True, help="contexts, shards, records.jsonl, tfds/")
   parser.add_argument("--out", default="", help="TFDS output dir (default: WORKDIR/tfds)")
   parser.add_argument("--verify", action="store_true",
