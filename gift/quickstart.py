@@ -396,9 +396,13 @@ def stage_report(cfg: Any, workdir: str, card: dict, runs: dict, results: dict,
                  + (f", held-out loss {ev[-1]['eval_loss']:.3f}" if ev else "")
                  + f"; ~{code_tokens[name] / 1e3:.0f}k code tokens trained on"
                  + f"; checkpoint `{run['workdir']}`")
-  lines += ["", "Left: the training loss. Right: the GIFT curve, greedy pass@1 on every held-out "
-            "task with each spec kind in the prompt, sampled and executed during training every "
-            f"{cfg.train.exec_eval_every} steps and at the end (`train.exec_eval_every`).", "",
+  interim = cfg.train.exec_eval.interim_tasks
+  lines += ["", "Left: the training loss. Right: the GIFT curve, greedy pass@1 on the held-out "
+            "tasks with each spec kind in the prompt, sampled and executed during training every "
+            f"{cfg.train.exec_eval_every} steps and at the end (`train.exec_eval_every`)"
+            + (f"; the earlier points on an even spread of {interim} of the tasks "
+               "(`train.exec_eval.interim_tasks`), the last on all of them." if interim else "."),
+            "",
             "![loss and pass@1 by step](loss.png)", "",
             f"## Held-out evaluation ({results['tasks']} tasks from {results['contexts']} "
             "unseen contexts)", "",
