@@ -43,12 +43,7 @@ def loss_terms(cfg: ModelConfig, params: Any, batch: Batch) -> tuple[jax.Array, 
   otherwise on all T. Both branches are compiled; `lax.cond` runs one.
   """
   mask_bt = batch["loss_mask"].astype(jnp.float32)
-  t = mask_bt.shape[1]
-  k = t // 4
-  if k < 16:  # short rows: nothing worth saving
-    logits_btv, _ = transformer.apply(cfg, params, batch["inputs"], batch["positions"],
-                                      batch["segment_ids"])
-    return _masked_xent(logits_btv, batch["targets"], mask_bt), jnp.sum(mask_bt)
+  k = mask_bt.shape[1] // 4
   # The hidden states once; the unembedding (+ softmax) on K or on T positions per row.
   x_btd, _ = transformer.apply(cfg, params, batch["inputs"], batch["positions"],
                                batch["segment_ids"], hidden=True)
@@ -63,6 +58,8 @@ def loss_terms(cfg: ModelConfig, params: Any, batch: Batch) -> tuple[jax.Array, 
   def dense(x_btd):
     return _masked_xent(transformer.unembed(cfg, params, x_btd), batch["targets"], mask_bt)
 
+  if k < 16:  # short rows: nothing worth saving
+    return dense(x_btd), jnp.sum(mask_bt)
   fits = jnp.max(jnp.sum(mask_bt > 0, axis=1)) <= k
   return jax.lax.cond(fits, sparse, dense, x_btd), jnp.sum(mask_bt)
 
