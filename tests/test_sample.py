@@ -66,6 +66,24 @@ def test_batching_and_buckets_do_not_change_samples(params):
   assert len({tuple(c) for row in a for c in row}) > 10  # the samples do differ
 
 
+def test_the_decode_loop_compiles_per_cache_length_not_per_prompt_bucket(params, monkeypatch):
+  """Prompts in buckets 16 and 32 (+ 13 new tokens) share one decode cache length (128, the
+  model's max_seq_len here): one decode compilation instead of one per bucket, and the same
+  completions as caches sized bucket + max_new_tokens."""
+  prompts = _prompts([3, 11, 20, 29])  # two batches of 3 rows: buckets 16 and 32
+  kw = dict(n=1, temperature=0.0, max_new_tokens=13, stop_at_eos=False)
+  assert sample._cache_len(16 + 13, 128) == sample._cache_len(32 + 13, 128) == 128
+  before = sample._decode_jit._cache_size()
+  laddered = _sampler(params, batch_size=3).generate_ids(prompts, **kw)
+  assert sample._decode_jit._cache_size() - before == 1
+  monkeypatch.setattr(sample, "CACHE_LENGTHS", ())
+  before = sample._decode_jit._cache_size()
+  per_bucket = _sampler(params, batch_size=3).generate_ids(prompts, **kw)
+  assert sample._decode_jit._cache_size() - before == 2
+  assert laddered == per_bucket
+  assert sample._cache_len(500, 4096) == 512 and sample._cache_len(500, 300) == 500
+
+
 def test_each_prompt_is_prefilled_once_and_equals_a_prefill_per_sample(params, monkeypatch):
   prefilled = []  # prompts per prefill call
 

@@ -24,11 +24,14 @@ timings are in the card's `timing` entry.
 from __future__ import annotations
 
 import collections
+import concurrent.futures
+import contextlib
 import hashlib
 import json
 import logging
 import os
 import sys
+import threading
 import time
 from typing import Any
 
@@ -184,13 +187,16 @@ def _trivial(value: Any, input_prints: set[str]) -> str | None:
 
 
 def process_context(ctx: contexts_lib.Context, backend: backends_lib.Backend, sandbox: Any,
-                    synth: Any, seed: int) -> dict:
+                    synth: Any, seed: int, backend_lock: Any = None) -> dict:
   """Generates, executes, filters and specifies one context's samples; returns its shard:
-  {"records": [...], "counts": {...}, "drops": {reason: n}, "ops": {op: kept}}."""
+  {"records": [...], "counts": {...}, "drops": {reason: n}, "ops": {op: kept}}.
+  `backend_lock` (optional) is held around the backend's calls (see `build`)."""
   from gift.execution.sandbox import Job
 
-  intents = backend.intents(ctx, synth.intents_per_context, seed)
-  samples = backend.codes(ctx, intents, synth.samples_per_intent, seed)
+  backend_lock = backend_lock or contextlib.nullcontext()
+  with backend_lock:
+    intents = backend.intents(ctx, synth.intents_per_context, seed)
+    samples = backend.codes(ctx, intents, synth.samples_per_intent, seed)
   drops: collections.Counter = collections.Counter()
   cands, jobs = [], []
   for intent, codes in zip(intents, samples):
@@ -241,7 +247,8 @@ def process_context(ctx: contexts_lib.Context, backend: backends_lib.Backend, sa
                            synth.example_cols, synth.example_cell_chars)
     items.append(backends_lib.SummaryItem(code, td, ex))
     built.append((fp, intent, k, code, var, output, inputs, td, ex))
-  written = backend.summaries(items, seed) if items else []
+  with backend_lock:
+    written = backend.summaries(items, seed) if items else []
 
   context_text = ctx.text()
   out = []
@@ -330,22 +337,38 @@ def build(cfg: Any, workdir: str, out_dir: str | None = None, sandbox: Any = Non
     splits = split_of([c.id for c in ctxs], synth.validation_fraction)
     t_ctx = time.time()
     shards, resumed = {}, 0
+    backend_lock = threading.Lock()
+
+    def shard_of(ctx) -> tuple[dict, bool]:
+      path = shard_path(workdir, ctx.id)
+      shard = read_shard(path, key)
+      if shard is not None:
+        return shard, True
+      shard = dict(process_context(ctx, backend, sandbox, synth, seed, backend_lock),
+                   config_key=key, context_id=ctx.id)
+      write_shard(path, shard)
+      return shard, False
+
+    # Two contexts in flight: one's jobs run in the sandbox's worker processes while the other's
+    # outputs are filtered and specified here (the sandbox runs one `run_many` at a time and the
+    # backend one call at a time, so this only overlaps the two; each shard is the same).
     with _bar(len(ctxs), "generate+execute", progress, "ctx") as bar, \
         _bar(None, "executed", progress, "job") as jobs_bar, \
-        _bar(None, "kept", progress, "ex") as kept_bar:
-      for ctx in ctxs:
-        path = shard_path(workdir, ctx.id)
-        shard = read_shard(path, key)
-        if shard is None:
-          shard = dict(process_context(ctx, backend, sandbox, synth, seed), config_key=key,
-                       context_id=ctx.id)
-          write_shard(path, shard)
-        else:
-          resumed += 1
-        shards[ctx.id] = shard
-        bar.update(1)
-        jobs_bar.update(shard["counts"]["executed"])
-        kept_bar.update(shard["counts"]["kept"])
+        _bar(None, "kept", progress, "ex") as kept_bar, \
+        concurrent.futures.ThreadPoolExecutor(2) as pool:
+      futures = [pool.submit(shard_of, ctx) for ctx in ctxs]
+      try:
+        for ctx, future in zip(ctxs, futures):
+          shard, was_read = future.result()
+          resumed += was_read
+          shards[ctx.id] = shard
+          bar.update(1)
+          jobs_bar.update(shard["counts"]["executed"])
+          kept_bar.update(shard["counts"]["kept"])
+      except BaseException:
+        for f in futures:
+          f.cancel()
+        raise
     t_exec = time.time()
 
     by_split: dict[str, list] = {"train": [], "validation": []}

@@ -65,7 +65,8 @@ def test_resume_after_interruption_is_identical(tmp_path, sandbox, monkeypatch):
     build.build(cfg, str(tmp_path / "b"), sandbox=sandbox, progress=False)
   monkeypatch.setattr(build, "write_shard", real)
   card = build.build(cfg, str(tmp_path / "b"), sandbox=sandbox, progress=False)
-  assert card["timing"]["resumed_contexts"] == 1
+  # The first shard was written; with two contexts in flight a later one may have been too.
+  assert 1 <= card["timing"]["resumed_contexts"] < card["contexts"]["used"]
   # identical up to the workdir, which `load_code` names
   a = (tmp_path / "a" / "records.jsonl").read_text().replace(str(tmp_path / "a"), "W")
   b = (tmp_path / "b" / "records.jsonl").read_text().replace(str(tmp_path / "b"), "W")
