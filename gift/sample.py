@@ -42,6 +42,11 @@ Array = jax.Array
 # one, and power-of-2 buckets left ~half of the prefill's slots padding for held-out evaluation
 # prompts (BENCHMARKS.md); each bucket used costs one prefill and one decode compilation.
 DEFAULT_BUCKETS = (32, 48, 64, 96, 128, 160, 192, 256, 320, 384, 512, 640, 768, 1024, 1536, 2048)
+# KV-cache lengths of the decode loop (prompt bucket + max_new_tokens, rounded up to one of
+# these): the loop then compiles once per cache length, not once per prompt bucket. Compiling
+# was half of the held-out sampling time of `gift quickstart` (BENCHMARKS.md); the extra slots
+# are empty (segment 0, masked) and cost a little attention per step.
+CACHE_LENGTHS = (128, 256, 384, 512, 768, 1024, 1536, 2048, 3072, 4096, 6144, 8192)
 
 
 class DecodeState(NamedTuple):
@@ -121,10 +126,11 @@ def _nucleus_by_threshold(scaled_bv: Array, probs_bv: Array, top_p: Array,
 def _prefill(cfg: ModelConfig, params: Any, tokens_up: Array, segment_ids_up: Array,
              keys_b: Array, temperature: Array, top_p: Array, *, n: int, max_new_tokens: int,
              top_k: int, greedy: bool, nucleus: bool, stop_ids: tuple[int, ...],
-             pad_id: int) -> DecodeState:
+             pad_id: int, cache_len: int = 0) -> DecodeState:
   """Runs the U left-padded prompts [U, P] through the model once, repeats each prompt's cache
   and last-position logits to its n rows (row b = u * n + j, B = U * n; keys_b [B]) and
-  samples every row's first token."""
+  samples every row's first token. The decode cache holds `cache_len` slots (at least, and by
+  default, P + max_new_tokens)."""
   u, p = tokens_up.shape
   positions_up = jnp.maximum(jnp.cumsum(segment_ids_up, axis=1) - 1, 0).astype(jnp.int32)
   # Prompt slots only: the prefill's attention spans P slots, not P + M. The M decode slots
@@ -133,11 +139,12 @@ def _prefill(cfg: ModelConfig, params: Any, tokens_up: Array, segment_ids_up: Ar
   last_u1 = jnp.full((u, 1), p - 1, jnp.int32)  # prompts are left-padded: all end at P - 1
   logits_u1v, cache = transformer.apply(cfg, params, tokens_up, positions_up, segment_ids_up,
                                         cache, logits_at_bk=last_u1)
-  kv_pad = ((0, 0), (0, 0), (0, max_new_tokens), (0, 0))
+  extra = max(cache_len - p, max_new_tokens)
+  kv_pad = ((0, 0), (0, 0), (0, extra), (0, 0))
   grow = lambda x_bksh: jnp.pad(jnp.repeat(x_bksh, n, axis=0), kv_pad)
   cache = transformer.KVCache(
       tuple(map(grow, cache.k)), tuple(map(grow, cache.v)),
-      jnp.pad(jnp.repeat(cache.segment_ids, n, axis=0), ((0, 0), (0, max_new_tokens))),
+      jnp.pad(jnp.repeat(cache.segment_ids, n, axis=0), ((0, 0), (0, extra))),
       cache.index)
   logits_bv = jnp.repeat(logits_u1v[:, 0], n, axis=0)
   first_b = sample_logits(logits_bv, keys_b, jnp.int32(0), temperature, top_p, top_k, greedy,
@@ -179,7 +186,7 @@ def _is_stop(token_b: Array, stop_ids: tuple[int, ...]) -> Array:
 
 # Module-level, so Samplers of the same config share compilations.
 _prefill_jit = jax.jit(_prefill, static_argnums=0, static_argnames=(
-    "n", "max_new_tokens", "top_k", "greedy", "nucleus", "stop_ids", "pad_id"))
+    "n", "max_new_tokens", "top_k", "greedy", "nucleus", "stop_ids", "pad_id", "cache_len"))
 _decode_jit = jax.jit(_decode, static_argnums=0, donate_argnums=(2,),
                       static_argnames=("top_k", "greedy", "nucleus", "stop_ids", "pad_id"))
 
@@ -338,7 +345,9 @@ class Sampler:
     put = self._put
     temperature, top_p = jnp.float32(temperature), jnp.float32(top_p)
     state = _prefill_jit(self.cfg, self.params, put(tokens_up), put(segment_ids_up), keys_b,
-                         temperature, top_p, n=n, max_new_tokens=max_new_tokens, **kw)
+                         temperature, top_p, n=n, max_new_tokens=max_new_tokens,
+                         cache_len=_cache_len(tokens_up.shape[1] + max_new_tokens,
+                                              self.cfg.max_seq_len), **kw)
     chunk = self.stop_check_every if stop else max_new_tokens
     stopped_at_b = np.full(keys_b.shape[0], max_new_tokens)  # host-detected stop strings
     while True:
@@ -358,6 +367,13 @@ class Sampler:
     eos_b = np.isin(tokens_bm, kw["stop_ids"])
     length_b = np.where(eos_b.any(axis=1), eos_b.argmax(axis=1), np.minimum(stopped_at_b, step))
     return tokens_bm, length_b
+
+
+def _cache_len(need: int, max_seq_len: int) -> int:
+  """The decode cache length for `need` = prompt bucket + max_new_tokens slots: the next of
+  CACHE_LENGTHS, within the model's max_seq_len (never below `need`)."""
+  fit = next((c for c in CACHE_LENGTHS if c >= need), need)
+  return max(need, min(fit, max_seq_len))
 
 
 @jax.jit
