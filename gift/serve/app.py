@@ -541,6 +541,9 @@ def main(argv: list[str]) -> int:
   p.add_argument("--max_n", type=int, default=64, help="the largest `n` of one request")
   p.add_argument("--decode_steps", type=int, default=8,
                  help="decode steps per host sync while no request waits")
+  p.add_argument("--join_steps", type=int, default=None,
+                 help="decode steps of the chunk after one that freed slots, so the next "
+                      "requests join sooner (default: decode_steps // 4)")
   p.add_argument("--max_prefill_tokens", type=int, default=4096,
                  help="padded prompt tokens per prefill call")
   p.add_argument("--api_key", default=os.environ.get("GIFT_SERVE_API_KEY"),
@@ -559,7 +562,7 @@ def main(argv: list[str]) -> int:
   engine = engine_lib.Engine.from_checkpoint(
       args.checkpoint, mesh=_mesh(args.mesh), step=args.step, max_batch=args.max_batch,
       max_seq_len=args.max_seq_len, max_queue=args.max_queue, decode_steps=args.decode_steps,
-      max_prefill_tokens=args.max_prefill_tokens)
+      join_steps=args.join_steps, max_prefill_tokens=args.max_prefill_tokens)
   engine.warmup()
   engine.start()
   server = Server(engine, name, args.api_key, max_n=args.max_n,

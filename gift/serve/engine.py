@@ -23,9 +23,11 @@ extent, whatever joins or leaves. Up to `decode_steps` steps run in one `lax.whi
 host sync (fewer when every slot is busy and a request waits: up to the nearest max_tokens); the
 loop stops early when every row is done. Requests that arrive during a chunk join at the next
 one, all together: a burst of arrivals costs a few prefill calls, not a host round trip for
-every running sequence per arrival. Rows end on device at a stop id (EOS and the
-tokenizer's other stop ids) or at their `max_tokens`; stop strings are matched on the host
-(text, not tokens) between chunks.
+every running sequence per arrival. After a chunk that freed slots, while nobody waits yet,
+the next chunk is short (`join_steps`): the freed slots' clients usually send their next
+request right away, and it joins a few steps later instead of a whole chunk later. Rows end
+on device at a stop id (EOS and the tokenizer's other stop ids) or at their `max_tokens`; stop
+strings are matched on the host (text, not tokens) between chunks.
 
 Joining. Waiting sequences are taken in arrival order up to the free slots, grouped by prompt
 length bucket and prefilled together (`_prefill`: one `transformer.apply` over the group into a
@@ -398,6 +400,8 @@ class Engine:
     max_seq_len: prompt + generated tokens per sequence (default: the model's max_seq_len).
     max_queue: sequences that may wait for a slot; `submit` raises QueueFull beyond it.
     decode_steps: decode steps per host sync while nobody waits.
+    join_steps: decode steps of the chunk after one that freed slots, so that new requests
+      join sooner (default decode_steps // 4; decode_steps: off).
     max_prefill_tokens: padded prompt tokens per prefill call (bounds the stall of the
       running sequences while others join).
     mesh: optional jax Mesh (parameters by gift's sharding rules, slots over data x fsdp).
@@ -405,7 +409,8 @@ class Engine:
 
   def __init__(self, model_cfg: ModelConfig, params: Any, tokenizer: Any, *,
                max_batch: int = 32, max_seq_len: int | None = None, max_queue: int = 256,
-               decode_steps: int = 8, max_prefill_tokens: int = 4096, mesh: Any = None,
+               decode_steps: int = 8, join_steps: int | None = None,
+               max_prefill_tokens: int = 4096, mesh: Any = None,
                prompt_buckets: Sequence[int] | None = None,
                extent_buckets: Sequence[int] | None = None):
     self.cfg, self.tokenizer, self.mesh = model_cfg, tokenizer, mesh
@@ -413,6 +418,7 @@ class Engine:
     if self.max_seq_len < 2:
       raise ValueError(f"max_seq_len={self.max_seq_len}; expected >= 2")
     self.max_queue, self.decode_steps = max_queue, max(1, decode_steps)
+    self.join_steps = max(1, self.decode_steps // 4 if join_steps is None else join_steps)
     self.max_prefill_tokens = max_prefill_tokens
     self.stop_ids = tuple(int(i) for i in (getattr(tokenizer, "stop_ids", None)
                                            or (tokenizer.eos_id,)))
@@ -628,6 +634,7 @@ class Engine:
     return jax.device_put(x, self._rows) if self._rows is not None else jnp.asarray(x)
 
   def _run(self) -> None:
+    freed = False
     try:
       while True:
         with self._lock:
@@ -652,7 +659,13 @@ class Engine:
           steps = self.decode_steps
           if blocked:
             steps = min([steps] + [s.params.max_tokens - len(s.ids) for s in live])
+          elif freed and not self._waiting:
+            # Slots came free in the last chunk and their clients' next requests are likely on
+            # the way: a short chunk lets them join sooner (time to first token).
+            steps = min(steps, self.join_steps)
+          finished = self.stats["finished"]
           self._decode(max(1, steps))
+          freed = self.stats["finished"] > finished
     except BaseException as e:  # every waiting client gets an error, none hangs
       log.exception("gift serve engine failed")
       with self._lock:

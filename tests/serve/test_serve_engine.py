@@ -104,6 +104,26 @@ def test_after_warmup_the_engine_thread_never_compiles(params):
   assert [s.ids for s in first + rest] == _reference(params, prompts, 24)
 
 
+def test_the_chunk_after_a_finish_is_short_so_followers_join_sooner(params):
+  """A chunk that frees a slot is followed by a `join_steps` chunk (the freed slot's client
+  usually sends its next request at once), then whole chunks again; outputs are unchanged."""
+  eng = Engine(CFG, params, TOK, **{**KW, "decode_steps": 8, "join_steps": 2})
+  calls, decode = [], eng._decode
+  eng._decode = lambda steps: (calls.append(steps), decode(steps))[1]
+  prompts = _prompts([5, 9], seed=7)
+  greedy = lambda m: SamplingParams(max_tokens=m, temperature=0.0, ignore_eos=True)
+  short, long = eng.submit_many([(prompts[0], greedy(4), 1), (prompts[1], greedy(30), 1)])
+  eng.start()  # both join the first chunk
+  try:
+    assert short.done_event.wait(300) and long.done_event.wait(300)
+  finally:
+    eng.stop()
+  # 1 token from the prefill + 3 in the first chunk end `short`: the next chunk is short.
+  assert calls[:3] == [8, 2, 8]
+  ref = _reference(params, prompts, 30)
+  assert short.ids == ref[0][:4] and long.ids == ref[1]
+
+
 def test_seeded_samples_do_not_depend_on_the_batch(engine):
   prompts = _prompts([4, 20, 9])
   p = SamplingParams(max_tokens=16, temperature=0.9, top_k=40, top_p=0.95, seed=5,
