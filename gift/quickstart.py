@@ -6,7 +6,8 @@ Stages (each resumes: a finished stage is skipped, an interrupted one continues)
   1. data       build GIFT records from the bundled contexts with the `templates` backend: intents,
                 code samples executed in the sandbox, specs from the executions (TFDS records).
   2. tokenizer  train a code SentencePiece vocabulary on the training split.
-  3. train      train the `quickstart` preset from scratch on a mixture of spec kinds.
+  3. train      train the `quickstart` preset (2 of its layers) from scratch on a mixture of spec
+                kinds, with held-out pass@1 per spec kind every 150 steps (the GIFT curve).
   4. eval       on held-out contexts (never seen in training): sample code with each spec kind in
                 the prompt, execute it, and compare the output with the reference's
                 (pass@1 greedy, pass@k sampled).
@@ -40,7 +41,7 @@ def get_config(arg: str | None = None) -> config_lib.ConfigDict:
   # The unembedding is sized to the tokenizer (2k pieces; the preset's 4k ids would leave half of
   # the logits, softmax and their gradients computing ids that never occur). Two layers, not the
   # preset's four: on this data the 2-layer model reaches the 4-layer one's held-out pass@1 in
-  # 500 steps at lr 1e-3 instead of 700 at 2e-3, at half the FLOPs per token (BENCHMARKS.md).
+  # 450-500 steps at lr 1e-3 instead of 700 at 2e-3, at half the FLOPs per token (BENCHMARKS.md).
   config_lib.with_preset(c, "quickstart", vocab_size=2048, num_layers=2)
   c.synth.contexts = ("bundled",)
   # Many contexts with few intents each: schemas repeat with re-worded column names, so the
@@ -55,18 +56,18 @@ def get_config(arg: str | None = None) -> config_lib.ConfigDict:
   c.data.context = "none"
   c.data.seq_len = 512
   c.train.batch_size = 8
-  # ~4 min on 2 cores. A short run wants a low peak lr: lr 3e-3 (500 steps) scored ~10 points
+  # ~3.5 min on 2 cores. A short run wants a low peak lr: lr 3e-3 (500 steps) scored ~10 points
   # lower, 2e-3 and 7e-4 (450 steps) 0-5 points lower (BENCHMARKS.md).
-  c.train.num_steps = 500
+  c.train.num_steps = 450
   c.train.lr = 1e-3
   c.train.warmup_steps = 30
   c.train.end_lr_ratio = 0.05
   c.train.weight_decay = 0.01
   c.train.log_every = 20
-  c.train.eval_every = 500  # the held-out loss, once at the end
+  c.train.eval_every = 450  # the held-out loss, once at the end
   # The GIFT curve: greedy pass@1 per spec kind on every held-out task (one per held-out intent),
   # executed in the background while training goes on (gift/eval/intrain.py).
-  c.train.exec_eval_every = 170
+  c.train.exec_eval_every = 150
   c.train.exec_eval.num_tasks = 0
   # The curve's earlier points on an even spread of 100 of them (a third of the sampling and
   # executing); the last point, which the report's comparisons use, on all of them.
@@ -74,7 +75,7 @@ def get_config(arg: str | None = None) -> config_lib.ConfigDict:
   c.train.exec_eval.spec_kinds = SPEC_KINDS
   c.train.exec_eval.max_new_tokens = 64  # the longest target is 46 tokens + EOS
   c.train.exec_eval.batch_size = 32
-  c.checkpoint.every = 100
+  c.checkpoint.every = 150
   c.sample.n = 5
   c.sample.temperature = 0.8
   c.sample.top_p = 0.95
