@@ -70,9 +70,10 @@ def test_the_decode_loop_compiles_per_cache_length_not_per_prompt_bucket(params,
   """Prompts in buckets 16 and 32 (+ 13 new tokens) share one decode cache length (128, the
   model's max_seq_len here): one decode compilation instead of one per bucket, and the same
   completions as caches sized bucket + max_new_tokens."""
-  prompts = _prompts([3, 11, 20, 29])  # two batches of 3 rows: buckets 16 and 32
+  prompts = _prompts([3, 11, 5, 20, 29, 25])  # sorted, two batches of 3: buckets 16 and 32
   kw = dict(n=1, temperature=0.0, max_new_tokens=13, stop_at_eos=False)
   assert sample._cache_len(16 + 13, 128) == sample._cache_len(32 + 13, 128) == 128
+  assert sample._cache_len(500, 4096) == 512 and sample._cache_len(500, 300) == 500
   before = sample._decode_jit._cache_size()
   laddered = _sampler(params, batch_size=3).generate_ids(prompts, **kw)
   assert sample._decode_jit._cache_size() - before == 1
@@ -81,7 +82,6 @@ def test_the_decode_loop_compiles_per_cache_length_not_per_prompt_bucket(params,
   per_bucket = _sampler(params, batch_size=3).generate_ids(prompts, **kw)
   assert sample._decode_jit._cache_size() - before == 2
   assert laddered == per_bucket
-  assert sample._cache_len(500, 4096) == 512 and sample._cache_len(500, 300) == 500
 
 
 def test_each_prompt_is_prefilled_once_and_equals_a_prefill_per_sample(params, monkeypatch):
