@@ -40,7 +40,8 @@ from gift.model.presets import ModelConfig
 Array = jax.Array
 # Prompt-length buckets ~1.25-1.5x apart: with prompts sorted by length a batch pads to the next
 # one, and power-of-2 buckets left ~half of the prefill's slots padding for held-out evaluation
-# prompts (BENCHMARKS.md); each bucket used costs one prefill and one decode compilation.
+# prompts (BENCHMARKS.md); each bucket used costs one prefill compilation (the decode loop
+# compiles per cache length, see CACHE_LENGTHS).
 DEFAULT_BUCKETS = (32, 48, 64, 96, 128, 160, 192, 256, 320, 384, 512, 640, 768, 1024, 1536, 2048)
 # KV-cache lengths of the decode loop (prompt bucket + max_new_tokens, rounded up to one of
 # these): the loop then compiles once per cache length, not once per prompt bucket. Compiling
