@@ -64,6 +64,15 @@ class DecodeState(NamedTuple):
 NUCLEUS_CANDIDATES = 256  # the nucleus is looked for among the top ids first (see sample_logits)
 
 
+def greedy_ids(logits_bv: Array) -> Array:
+  """int32 [B]: each row's argmax (the first id of the largest logit, as `jnp.argmax`). XLA:CPU
+  runs `argmax` as a scalar (value, index) reduction, ~0.57 ms for [32, 8000]; the row max and
+  then the first position equal to it are two vectorized reductions, ~0.19 ms (a row of NaNs
+  gives id 0, jnp.argmax the NaN's id: never a real token either way)."""
+  max_b1 = jnp.max(logits_bv, axis=-1, keepdims=True)
+  return jnp.argmax(logits_bv == max_b1, axis=-1).astype(jnp.int32)
+
+
 def sample_logits(logits_bv: Array, keys_b: Array, step: Array, temperature: Array,
                   top_p: Array, top_k: int, greedy: bool, nucleus: bool = False) -> Array:
   """Samples one token per row from float32 logits [B, V]; returns int32 [B].
@@ -78,7 +87,7 @@ def sample_logits(logits_bv: Array, keys_b: Array, step: Array, temperature: Arr
   (the same set up to ties at the threshold).
   """
   if greedy:
-    return jnp.argmax(logits_bv, axis=-1).astype(jnp.int32)
+    return greedy_ids(logits_bv)
   scaled_bv = logits_bv / temperature
   keys_b = jax.vmap(jax.random.fold_in, (0, None))(keys_b, step)
   draw = lambda scaled: jax.vmap(jax.random.categorical)(keys_b, scaled).astype(jnp.int32)

@@ -124,6 +124,18 @@ def test_top_k_one_and_tiny_top_p_are_greedy(params, kw):
                               seed=3, **kw) == greedy
 
 
+def test_greedy_ids_is_argmax_with_its_tie_rule():
+  rng = np.random.default_rng(0)
+  logits = rng.standard_normal((16, 1000)).astype(np.float32)
+  logits[3, [7, 500]] = 10.0  # ties: the first id wins, as in jnp.argmax
+  logits[4, :] = 0.0
+  logits[5, [999, 0]] = [5.0, 5.0]
+  got = np.asarray(sample.greedy_ids(jnp.asarray(logits)))
+  assert got.dtype == np.int32
+  np.testing.assert_array_equal(got, np.asarray(jnp.argmax(logits, axis=-1)))
+  assert got[3] == 7 and got[4] == 0 and got[5] == 0
+
+
 def test_sample_logits_keeps_only_top_k_and_nucleus():
   # probabilities 0.5, 0.25, 0.125, ... over ids 0..7 (shuffled order in the vocabulary)
   perm = np.array([5, 2, 7, 0, 3, 6, 1, 4])

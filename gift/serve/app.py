@@ -569,7 +569,8 @@ def main(argv: list[str]) -> int:
                   max_body_bytes=int(args.max_body_mb * (1 << 20)))
   app = create_app(server)
   print(f"gift serve: '{name}' ({engine.max_batch} slots, context {engine.max_seq_len} tokens, "
-        f"ready in {time.perf_counter() - t0:.1f}s) on http://{args.host}:{args.port}/v1",
+        f"cache extents {list(engine.extent_buckets)}, ready in {time.perf_counter() - t0:.1f}s)"
+        f" on http://{args.host}:{args.port}/v1",
         file=sys.stderr, flush=True)
   try:
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level,

@@ -69,7 +69,7 @@ import numpy as np
 
 from gift.model import transformer
 from gift.model.presets import ModelConfig
-from gift.sample import _nucleus_by_threshold, _unstack_leafwise
+from gift.sample import _nucleus_by_threshold, _unstack_leafwise, greedy_ids
 
 Array = jax.Array
 log = logging.getLogger(__name__)
@@ -173,7 +173,7 @@ def sample_rows(logits_bv: Array, keys_b: Array, step_b: Array, temperature_b: A
   the whole vocabulary in id order, the nucleus then found by bisecting for its probability
   threshold. Which path a row takes depends on its own logits and settings only.
   """
-  argmax_b = jnp.argmax(logits_bv, axis=-1).astype(jnp.int32)
+  argmax_b = greedy_ids(logits_bv)
   greedy_b = temperature_b <= 0
 
   def sampled():
@@ -377,6 +377,25 @@ _insert_jit = jax.jit(_insert, donate_argnums=(0,), static_argnames=("stop_ids",
 _resize_jit = jax.jit(_resize, static_argnums=1)  # shapes change: nothing to donate
 
 
+def select_extents(times: dict[int, float], buckets: Sequence[int], margin: float = 0.05
+                   ) -> tuple[int, ...]:
+  """The extents worth keeping, from seconds per decode step by extent (`Engine.tune_extents`):
+  one is dropped when a larger one is faster by more than `margin` (whatever fits the smaller
+  fits the larger), and an extent not in `buckets` (an extra candidate) must also beat the
+  largest bucket below it by that margin. The largest extent always stays."""
+  ws = sorted(times)
+  fast = lambda a, b: times[a] < (1.0 - margin) * times[b]  # a clearly faster than b
+  below = lambda w: max((x for x in buckets if x < w and x in times), default=None)
+
+  def keep(i, w):
+    if i == len(ws) - 1:
+      return True
+    if w not in buckets and below(w) is not None and not fast(w, below(w)):
+      return False
+    return not any(fast(x, w) for x in ws[i + 1:])
+  return tuple(w for i, w in enumerate(ws) if keep(i, w))
+
+
 def _bucket(n: int, buckets: Sequence[int]) -> int:
   return next(b for b in buckets if b >= n)
 
@@ -428,6 +447,11 @@ class Engine:
                                                            _pow2_up_to(16, s))} | {s}))
     self.extent_buckets = tuple(sorted({min(b, s) for b in (extent_buckets or
                                                            _pow2_up_to(64, s))} | {s}))
+    # The extents warmup() times when none were given (see tune_extents): each power of two
+    # and that plus 8 slots. Given extent_buckets are used as they are.
+    self.extent_candidates = () if extent_buckets else tuple(sorted(
+        set(self.extent_buckets) | {w + 8 for w in self.extent_buckets if w + 8 < s}))
+    self.extent_times: dict[int, float] = {}
     dtype = jnp.dtype(model_cfg.dtype)
     shardings, self._rows, dp = None, None, 1
     if mesh is not None:
@@ -563,13 +587,65 @@ class Engine:
     if self._thread is not None:
       self._thread.join(timeout_s)
 
-  def warmup(self, prompt_lengths: Sequence[int] | None = None) -> None:
+  def tune_extents(self, candidates: Sequence[int] | None = None, repeats: int = 5
+                   ) -> tuple[int, ...]:
+    """Sets `extent_buckets` to the candidate extents (default `extent_candidates`) that no
+    larger one beats: each is timed on a chunk of `decode_steps` steps of every slot, all
+    live, and dropped when a larger extent's chunk took under 95% of its time (a sequence
+    that fits the smaller extent fits the larger one too). A candidate that is not one of the
+    current buckets must also beat the largest bucket below it. The largest always stays.
+
+    Why measure: a decode step's attention is one product per (slot, KV head) over the
+    extent, and XLA:CPU runs each of those on one thread below a size (S x head_dim ~ 32k
+    multiply-adds here) and on the whole thread pool above it, so on a 2-core VM the step at
+    extent 520 took 9.5 ms and at 512 took 11-13 ms (benchmarks/bench_serve.py's model, 32
+    slots). Where that threshold lies depends on the CPU, the head size and XLA's version.
+    Returns the new buckets; `extent_times` keeps every candidate's seconds per step."""
+    cands = sorted({min(int(w), self.max_seq_len) for w in (candidates or
+                                                         self.extent_candidates
+                                                         or self.extent_buckets)})
+    steps = self.decode_steps
+    live = jax.jit(lambda s, w: s._replace(
+        done_b=jnp.zeros_like(s.done_b), budget_b=jnp.full_like(s.budget_b, 1 << 30),
+        stop_eos_b=jnp.zeros_like(s.stop_eos_b),
+        pos_b=jnp.full_like(s.pos_b, max(0, w - steps - 1)),
+        cache=s.cache._replace(segment_ids=jnp.ones_like(s.cache.segment_ids))),
+        static_argnums=1)
+    alive_b = self._put(np.ones(self.max_batch, bool))
+    times = {}
+    for w in cands:
+      state = live(self._empty_state(w), w)
+      best = float("inf")
+      for i in range(repeats + 1):  # the first call compiles
+        t0 = time.perf_counter()
+        state, out = _decode_jit(self.cfg, self.params, state, alive_b, jnp.int32(steps),
+                                 rows=self.max_batch, max_steps=steps, stop_ids=self.stop_ids)
+        jax.block_until_ready(out)
+        state = live(state, w)
+        if i:
+          best = min(best, (time.perf_counter() - t0) / steps)
+      times[w] = best
+      del state
+    keep = select_extents(times, self.extent_buckets)
+    self.extent_times = times
+    self.extent_buckets = keep
+    self._state = self._empty_state(keep[0])
+    self.width = keep[0]
+    log.info("decode ms/step by extent (%d slots): %s; extents kept: %s", self.max_batch,
+             ", ".join(f"{w}: {t * 1e3:.2f}" for w, t in times.items()), keep)
+    return keep
+
+  def warmup(self, prompt_lengths: Sequence[int] | None = None, tune_extents: bool = True
+             ) -> None:
     """Compiles every shape the engine thread can meet, so no request ever waits for a compile:
     the decode step for every (rows, extent) bucket, the extent change between every two
     extents, the prefill of every warmed prompt bucket (default: those up to 512 tokens) at
     every group size the scheduler uses (`prefill_sizes`), and the slot insert of each of those
     buckets into every extent that holds it. A prompt in a longer bucket compiles its prefill
-    when first seen. Call before start()."""
+    when first seen. With `tune_extents` and no extent_buckets given to the constructor, first
+    picks the cache extents by timing them (`tune_extents`). Call before start()."""
+    if tune_extents and len(self.extent_candidates) > 1:
+      self.tune_extents()
     if prompt_lengths is None:
       prompt_lengths = [p for p in self.prompt_buckets if p <= 512] or self.prompt_buckets[:1]
     buckets = sorted({_bucket(min(n, self.max_seq_len - 1), self.prompt_buckets)

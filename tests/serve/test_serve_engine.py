@@ -124,6 +124,45 @@ def test_the_chunk_after_a_finish_is_short_so_followers_join_sooner(params):
   assert short.ids == ref[0][:4] and long.ids == ref[1]
 
 
+def test_select_extents_keeps_an_extent_only_where_no_larger_one_is_faster():
+  # ms per decode step by extent, as a 2-core VM measured them (XLA:CPU threads the attention
+  # products above 512 x 64): 512 is slower than 520 and 544, so it goes; 264 is an extra
+  # candidate no faster than the bucket 256 below it, so it goes too.
+  times = {64: 5.0, 72: 5.2, 128: 6.0, 136: 6.0, 256: 8.4, 264: 8.3, 512: 12.2, 520: 11.2,
+           544: 10.8}
+  buckets = (64, 128, 256, 512, 544)
+  assert engine_lib.select_extents(times, buckets) == (64, 128, 256, 520, 544)
+  # The largest stays even when slower; a bucket beaten only within the margin stays.
+  assert engine_lib.select_extents({64: 1.0, 128: 0.97, 256: 3.0}, (64, 128, 256)) == (
+      64, 128, 256)
+  assert engine_lib.select_extents({64: 2.0, 128: 1.0, 256: 3.0}, (64, 128, 256)) == (128, 256)
+  # An extra candidate that clearly beats its bucket replaces it.
+  assert engine_lib.select_extents({256: 9.0, 264: 6.0, 512: 7.0}, (256, 512)) == (264, 512)
+
+
+def test_warmup_tunes_the_default_extents_and_serves_the_same_tokens(params):
+  """With no extent_buckets given, warmup() times each candidate extent (powers of two and
+  those plus 8) on real decode chunks and keeps the ones no larger extent beats; greedy
+  outputs still equal the Sampler's."""
+  eng = Engine(CFG, params, TOK, max_batch=4, max_seq_len=128, decode_steps=4,
+               prompt_buckets=(32, 64))
+  assert eng.extent_candidates == (64, 72, 128)
+  eng.warmup()
+  assert set(eng.extent_times) == {64, 72, 128} and all(t > 0 for t in eng.extent_times.values())
+  assert eng.extent_buckets == engine_lib.select_extents(eng.extent_times, (64, 128))
+  assert eng.extent_buckets[-1] == 128 and eng.width == eng.extent_buckets[0]
+  eng.start()
+  try:
+    prompts = _prompts([5, 50, 20], seed=9)
+    got = eng.generate(prompts, SamplingParams(max_tokens=40, temperature=0.0,
+                                               ignore_eos=True), timeout_s=300)
+  finally:
+    eng.stop()
+  assert [row[0].ids for row in got] == _reference(params, prompts, 40)
+  # Given extents are used as they are: nothing to tune.
+  assert Engine(CFG, params, TOK, **KW).extent_candidates == ()
+
+
 def test_seeded_samples_do_not_depend_on_the_batch(engine):
   prompts = _prompts([4, 20, 9])
   p = SamplingParams(max_tokens=16, temperature=0.9, top_k=40, top_p=0.95, seed=5,
