@@ -46,7 +46,9 @@ class KVCache(NamedTuple):
   k, v: tuples of L arrays [B, K, S, H] in the compute dtype, one per layer, so a decode step
   writes its token into each layer's array in place and attention reads it as it lies (a cache
   stacked on a leading L axis and scanned over would be sliced out and stacked again, whole,
-  every step). segment_ids: [B, S] int32, 0 = empty slot. index: int32 scalar, the next slot.
+  every step). segment_ids: [B, S] int32, 0 = empty slot. index: int32 scalar, the next slot;
+  or int32 [B], each row's own next slot (one new token per row: continuous batching, where
+  every sequence is at its own length).
   """
   k: tuple[Array, ...]
   v: tuple[Array, ...]
@@ -276,10 +278,19 @@ def apply(cfg: ModelConfig, params: Params, tokens_bt: Array, positions_bt: Arra
     # written in place at slots [index, index + T). Sliding layers mask the full-length cache
     # down to their window (the cache keeps every slot).
     s = cache.segment_ids.shape[1]
-    kv_segment_bs = jax.lax.dynamic_update_slice(cache.segment_ids,
-                                                 segment_ids_bt.astype(jnp.int32),
-                                                 (0, cache.index))
-    q_slots_bt = (cache.index + jnp.arange(t, dtype=jnp.int32))[None]
+    per_row = jnp.ndim(cache.index) == 1
+    if per_row and t != 1:
+      raise ValueError(f"a per-row cache index takes one token per row, got {t}")
+    rows_b = jnp.arange(b)
+    if per_row:  # row b writes its token at its own slot index[b]
+      kv_segment_bs = cache.segment_ids.at[rows_b, cache.index].set(
+          segment_ids_bt[:, 0].astype(jnp.int32))
+      q_slots_bt = cache.index[:, None]
+    else:
+      kv_segment_bs = jax.lax.dynamic_update_slice(cache.segment_ids,
+                                                   segment_ids_bt.astype(jnp.int32),
+                                                   (0, cache.index))
+      q_slots_bt = (cache.index + jnp.arange(t, dtype=jnp.int32))[None]
     kv_slots_s = jnp.arange(s, dtype=jnp.int32)
     mask_bts = layers.attention_mask(segment_ids_bt, q_slots_bt, kv_segment_bs, kv_slots_s)
     new_k, new_v = [], []
@@ -287,11 +298,17 @@ def apply(cfg: ModelConfig, params: Params, tokens_bt: Array, positions_bt: Arra
       rope, mask = layer_rope_and_mask(sliding_l[i], mask_bts, q_slots_bt, kv_slots_s)
 
       def attend_fn(q_btnh, k_btkh, v_btkh, i=i, mask=mask):
-        at = (0, 0, cache.index, 0)
-        k_bksh = jax.lax.dynamic_update_slice(
-            cache.k[i], k_btkh.swapaxes(1, 2).astype(cache.k[i].dtype), at)
-        v_bksh = jax.lax.dynamic_update_slice(
-            cache.v[i], v_btkh.swapaxes(1, 2).astype(cache.v[i].dtype), at)
+        if per_row:
+          k_bksh = cache.k[i].at[rows_b, :, cache.index].set(
+              k_btkh[:, 0].astype(cache.k[i].dtype))
+          v_bksh = cache.v[i].at[rows_b, :, cache.index].set(
+              v_btkh[:, 0].astype(cache.v[i].dtype))
+        else:
+          at = (0, 0, cache.index, 0)
+          k_bksh = jax.lax.dynamic_update_slice(
+              cache.k[i], k_btkh.swapaxes(1, 2).astype(cache.k[i].dtype), at)
+          v_bksh = jax.lax.dynamic_update_slice(
+              cache.v[i], v_btkh.swapaxes(1, 2).astype(cache.v[i].dtype), at)
         y_btnh = layers.attend_cached(q_btnh, k_bksh.astype(dtype), v_bksh.astype(dtype), mask,
                                       scale, cfg.attn_logit_softcap)
         return y_btnh, (k_bksh, v_bksh)

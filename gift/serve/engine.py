@@ -16,8 +16,8 @@ steps: decode attention reads W slots per row, so short traffic does not pay for
 context the server allows. The extent grows (and shrinks when long sequences leave) by one
 jitted copy; each extent has its own compiled step.
 
-One decode step (`_decode`) is `transformer.apply` vmapped over the slots, each row with its own
-cache index (= its position) and segment row, so every sequence writes its key/value at its own
+One decode step (`_decode`) is `transformer.apply` over the slots with a cache index per row
+(= its position), so every sequence writes its key/value at its own
 length: per-slot positions inside one jitted step of fixed shape [B, 1], compiled once per
 extent, whatever joins or leaves. Up to `decode_steps` steps run in one `lax.while_loop` per
 host sync (fewer when every slot is busy and a request waits: up to the nearest max_tokens); the
@@ -246,20 +246,13 @@ def _decode(cfg: ModelConfig, params: Any, state: SlotState, alive_b: Array, num
   b = state.last_b.shape[0]
   n = min(TOP_LOGPROBS, cfg.vocab_size)
 
-  def row_apply(token, position, k_l, v_l, segment_s):
-    """One slot, as a batch of one, with its own cache index (= its position)."""
-    cache = transformer.KVCache(tuple(x[None] for x in k_l), tuple(x[None] for x in v_l),
-                                segment_s[None], position)
-    logits_11v, cache = transformer.apply(cfg, params, token[None, None], position[None, None],
-                                          None, cache)
-    return (logits_11v[0, 0], tuple(x[0] for x in cache.k), tuple(x[0] for x in cache.v),
-            cache.segment_ids[0])
-
   def body(carry):
     i, s, out = carry
     c = s.cache
-    logits_bv, k, v, segment_bs = jax.vmap(row_apply)(s.last_b, s.pos_b, c.k, c.v,
-                                                      c.segment_ids)
+    # Every slot at its own position: the cache index per row (= its position).
+    logits_b1v, cache = transformer.apply(cfg, params, s.last_b[:, None], s.pos_b[:, None],
+                                          None, c._replace(index=s.pos_b))
+    logits_bv, k, v, segment_bs = logits_b1v[:, 0], cache.k, cache.v, cache.segment_ids
     token_b = sample_rows(logits_bv, s.keys_b, s.step_b, s.temperature_b, s.top_k_b, s.top_p_b)
     lp_b, top_ids_bn, top_lp_bn = _logprobs(logits_bv, token_b, s.logprobs_b & ~s.done_b)
     token_b = jnp.where(s.done_b, -1, token_b)

@@ -139,6 +139,43 @@ def test_kv_cache_with_left_padded_prompts_equals_each_prompt_alone(cfg):
     np.testing.assert_allclose(jnp.concatenate(got[i]), want[0], rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("cfg", [TINY, SLIDING], ids=["llama", "sliding"])
+def test_per_row_cache_index_decodes_each_row_at_its_own_length(cfg):
+  """A cache index per row (continuous batching): rows of 2, 7 and 5 prompt tokens, each
+  prefilled alone into its row of one cache at slots 0..n-1, then decoded together one token
+  per step, every row writing at its own slot; each row's logits equal its full forward. The
+  7 + 5 tokens of row 1 pass the sliding window of 3."""
+  params = tr.init_params(cfg, jax.random.key(12))
+  lengths, new, slots = (2, 7, 5), 5, 16
+  seqs = [_tokens(1, n + new, seed=20 + i) for i, n in enumerate(lengths)]
+  cache = tr.init_cache(cfg, batch_size=3, max_len=slots)
+  prefill = jax.jit(tr.apply, static_argnums=0)
+  rows = []
+  for s, n in zip(seqs, lengths):
+    _, c = prefill(cfg, params, s[:, :n], _positions(1, n), None,
+                   tr.init_cache(cfg, batch_size=1, max_len=slots))
+    rows.append(c)
+  stack = lambda get: tuple(jnp.concatenate([get(r)[i] for r in rows])
+                            for i in range(len(cache.k)))
+  cache = cache._replace(k=stack(lambda r: r.k), v=stack(lambda r: r.v),
+                         segment_ids=jnp.concatenate([r.segment_ids for r in rows]))
+  index = jnp.asarray(lengths, jnp.int32)
+  step = jax.jit(tr.apply, static_argnums=0)
+  got = [[] for _ in lengths]
+  for j in range(new):
+    tok = jnp.concatenate([s[:, n + j:n + j + 1] for s, n in zip(seqs, lengths)])
+    logits, cache = step(cfg, params, tok, index[:, None], None, cache._replace(index=index))
+    index = cache.index
+    for i in range(3):
+      got[i].append(logits[i])
+  assert cache.index.tolist() == [n + new for n in lengths]
+  for i, (s, n) in enumerate(zip(seqs, lengths)):
+    want, _ = tr.apply(cfg, params, s, _positions(1, n + new))
+    np.testing.assert_allclose(jnp.concatenate(got[i]), want[0, n:], rtol=1e-5, atol=1e-5)
+  with pytest.raises(ValueError, match="one token per row"):
+    tr.apply(cfg, params, _tokens(3, 2), _positions(3, 2), None, cache)
+
+
 @pytest.mark.parametrize("cached", [False, True])
 def test_sliding_layer_never_sees_past_its_window(cached):
   """One sliding layer of window 3: the logits at t depend on tokens t-2..t only, in a full
