@@ -227,11 +227,22 @@ def rope_tables(positions_bt: Array, head_dim: int, theta: float,
     raise ValueError(f"model.rope_scaling rope_type={rope_type!r}; gift implements "
                      f"{sorted(ROPE_INIT_FUNCTIONS)}")
   inv_freq_h, factor = ROPE_INIT_FUNCTIONS[rope_type](p, head_dim, theta)
-  angle_bth = positions_bt.astype(jnp.float32)[..., None] * inv_freq_h
-  sin_bth, cos_bth = jnp.sin(angle_bth), jnp.cos(angle_bth)
-  if factor != 1.0:
-    sin_bth, cos_bth = sin_bth * factor, cos_bth * factor
-  return sin_bth, cos_bth
+
+  def tables(positions_bt):
+    angle_bth = positions_bt.astype(jnp.float32)[..., None] * inv_freq_h
+    sin_bth, cos_bth = jnp.sin(angle_bth), jnp.cos(angle_bth)
+    if factor != 1.0:
+      sin_bth, cos_bth = sin_bth * factor, cos_bth * factor
+    return sin_bth, cos_bth
+
+  # Left to itself, XLA fuses sin/cos into every consumer: it recomputes them for each element
+  # of q and k in each layer (head_dim x heads transcendentals per position instead of
+  # head_dim; 0.7 ms per fusion, 8 fusions, of a 31 ms 512-token prefill on a 2-core CPU).
+  # The outputs of a conditional are never fused into its consumers, so this computes each
+  # table once. Its predicate depends on the positions' values (never false for real
+  # positions), so XLA cannot fold it away unless the positions are constants.
+  return jax.lax.cond(jnp.min(positions_bt) > jnp.iinfo(jnp.int32).min, tables, tables,
+                      positions_bt)
 
 
 def apply_rope(x_btnh: Array, sin_bth: Array, cos_bth: Array) -> Array:

@@ -285,7 +285,9 @@ def _prefill(cfg: ModelConfig, params: Any, tokens_up: Array, length_u: Array, s
   slot state's extent."""
   u, p = tokens_up.shape
   segment_up = (jnp.arange(p)[None] < length_u[:, None]).astype(jnp.int32)
-  positions_up = jnp.broadcast_to(jnp.arange(p, dtype=jnp.int32), (u, p))
+  # Padding at position 0; real tokens 0..len-1 (positions that depend on the lengths also let
+  # the RoPE tables be computed once, see layers.rope_tables).
+  positions_up = jnp.where(segment_up > 0, jnp.arange(p, dtype=jnp.int32)[None], 0)
   cache = transformer.init_cache(cfg, u, p)
   logits_u1v, cache = transformer.apply(cfg, params, tokens_up, positions_up, segment_up, cache,
                                         logits_at_bk=(length_u - 1)[:, None])
