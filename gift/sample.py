@@ -46,8 +46,10 @@ DEFAULT_BUCKETS = (32, 48, 64, 96, 128, 160, 192, 256, 320, 384, 512, 640, 768, 
 # KV-cache lengths of the decode loop (prompt bucket + max_new_tokens, rounded up to one of
 # these): the loop then compiles once per cache length, not once per prompt bucket. Compiling
 # was half of the held-out sampling time of `gift quickstart` (BENCHMARKS.md); the extra slots
-# are empty (segment 0, masked) and cost a little attention per step.
-CACHE_LENGTHS = (128, 256, 384, 512, 768, 1024, 1536, 2048, 3072, 4096, 6144, 8192)
+# are empty (segment 0, masked) and cost attention per step: 192 was missing, and 64-token
+# prompts + 128 new tokens decoded in a 256-slot cache at 3,572 tok/s (batch 32, greedy,
+# benchmarks/bench_serve.py's model) against 4,299 in a 192-slot one.
+CACHE_LENGTHS = (128, 192, 256, 384, 512, 768, 1024, 1536, 2048, 3072, 4096, 6144, 8192)
 
 
 class DecodeState(NamedTuple):

@@ -74,6 +74,7 @@ def test_the_decode_loop_compiles_per_cache_length_not_per_prompt_bucket(params,
   kw = dict(n=1, temperature=0.0, max_new_tokens=13, stop_at_eos=False)
   assert sample._cache_len(16 + 13, 128) == sample._cache_len(32 + 13, 128) == 128
   assert sample._cache_len(500, 4096) == 512 and sample._cache_len(500, 300) == 500
+  assert sample._cache_len(64 + 128, 4096) == 192  # the offline benchmark's shape
   before = sample._decode_jit._cache_size()
   laddered = _sampler(params, batch_size=3).generate_ids(prompts, **kw)
   assert sample._decode_jit._cache_size() - before == 1
