@@ -38,6 +38,7 @@ import sys
 import tempfile
 import threading
 import time
+from typing import Callable
 
 SHAPE = dict(vocab_size=8000, hidden_size=256, num_hidden_layers=4, num_attention_heads=4,
              num_key_value_heads=4, intermediate_size=704)
@@ -258,11 +259,13 @@ def one_request(port: int, prompt: list[int], max_tokens: int, temperature: floa
   return ttft, latency, tokens
 
 
-def load_run(port: int, prompts: list[list[int]], max_tokens: list[int], concurrency: int,
-             temperature: float = 0.0) -> dict:
-  """All requests through `concurrency` client threads; aggregate figures."""
+def closed_loop(n: int, concurrency: int, request: Callable[[int], tuple[float, float, int]]
+                ) -> tuple[list[tuple[float, float, int]], list[str], float]:
+  """Requests 0..n-1 through `concurrency` client threads, each sending its next request as
+  soon as the last one finished; `request(i)` -> (time to first token, latency, tokens).
+  Returns (results, errors, wall seconds)."""
   results, errors, lock = [], [], threading.Lock()
-  next_i = iter(range(len(prompts)))
+  next_i = iter(range(n))
 
   def worker():
     while True:
@@ -271,7 +274,7 @@ def load_run(port: int, prompts: list[list[int]], max_tokens: list[int], concurr
       if i is None:
         return
       try:
-        r = one_request(port, prompts[i], max_tokens[i], temperature)
+        r = request(i)
       except Exception as e:  # counted, reported
         with lock:
           errors.append(repr(e))
@@ -285,44 +288,25 @@ def load_run(port: int, prompts: list[list[int]], max_tokens: list[int], concurr
     t.start()
   for t in threads:
     t.join()
-  wall = time.perf_counter() - t0
+  return results, errors, time.perf_counter() - t0
+
+
+def _pct(xs: list[float], q: float) -> float:
+  return xs[min(len(xs) - 1, int(q * len(xs)))] if xs else float("nan")
+
+
+def load_run(port: int, prompts: list[list[int]], max_tokens: list[int], concurrency: int,
+             temperature: float = 0.0) -> dict:
+  """All requests through `concurrency` client threads; aggregate figures."""
+  results, errors, wall = closed_loop(
+      len(prompts), concurrency,
+      lambda i: one_request(port, prompts[i], max_tokens[i], temperature))
   ttft = sorted(r[0] for r in results)
   lat = sorted(r[1] for r in results)
-  pct = lambda xs, q: xs[min(len(xs) - 1, int(q * len(xs)))] if xs else float("nan")
   return dict(requests=len(results), errors=len(errors), first_error=errors[:1], wall=wall,
               req_s=len(results) / wall, tok_s=sum(r[2] for r in results) / wall,
-              ttft_p50=pct(ttft, 0.5), ttft_p99=pct(ttft, 0.99), lat_p50=pct(lat, 0.5),
-              lat_p99=pct(lat, 0.99))
-
-
-def _engine_load(eng, prompts: list[list[int]], max_tokens: list[int], concurrency: int
-                 ) -> tuple[list[tuple[float, float, int]], float]:
-  """Every request through `concurrency` closed-loop threads on the engine: per request (time
-  to first token, latency, tokens), and the wall time."""
-  from gift.serve import engine as engine_lib
-  todo, lock, results = iter(range(len(prompts))), threading.Lock(), []
-
-  def worker():
-    while True:
-      with lock:
-        i = next(todo, None)
-      if i is None:
-        return
-      start = time.perf_counter()
-      [[c]] = eng.generate([prompts[i]], engine_lib.SamplingParams(
-          max_tokens=max_tokens[i], temperature=0.0, ignore_eos=True))
-      if len(c.ids) != max_tokens[i]:
-        raise RuntimeError(f"expected {max_tokens[i]} tokens, got {len(c.ids)}")
-      with lock:
-        results.append((c.first_token_at - c.arrived, time.perf_counter() - start, len(c.ids)))
-
-  t0 = time.perf_counter()
-  threads = [threading.Thread(target=worker) for _ in range(concurrency)]
-  for t in threads:
-    t.start()
-  for t in threads:
-    t.join()
-  return results, time.perf_counter() - t0
+              ttft_p50=_pct(ttft, 0.5), ttft_p99=_pct(ttft, 0.99), lat_p50=_pct(lat, 0.5),
+              lat_p99=_pct(lat, 0.99))
 
 
 def engine_run(ckpt: str, args) -> None:
@@ -351,19 +335,26 @@ def engine_run(ckpt: str, args) -> None:
       prompts = make_prompts(n, *args.prompt_len, seed=100 + conc)
       rng = np.random.default_rng(200 + conc)
       max_tokens = rng.integers(args.new_tokens[0], args.new_tokens[1] + 1, size=n).tolist()
+      def request(i, prompts=prompts, max_tokens=max_tokens):
+        start = time.perf_counter()
+        [[c]] = eng.generate([prompts[i]], engine_lib.SamplingParams(
+            max_tokens=max_tokens[i], temperature=0.0, ignore_eos=True))
+        if len(c.ids) != max_tokens[i]:
+          raise RuntimeError(f"expected {max_tokens[i]} tokens, got {len(c.ids)}")
+        return c.first_token_at - c.arrived, time.perf_counter() - start, len(c.ids)
+
       eng.stats.clear()
-      results, wall = _engine_load(eng, prompts, max_tokens, conc)
+      results, errors, wall = closed_loop(n, conc, request)
       st = eng.stats
-      if len(results) != n:
-        raise RuntimeError(f"{n - len(results)} of {n} requests failed (see above)")
+      if errors:
+        raise RuntimeError(f"{len(errors)} of {n} requests failed, the first: {errors[0]}")
       if run == 0:
         continue
       ttft, lat = sorted(r[0] for r in results), sorted(r[1] for r in results)
-      pct = lambda xs, q: xs[min(len(xs) - 1, int(q * len(xs)))]
       steps = max(1, st["decode_steps"])
       print(f"| {conc} | {n} | {sum(r[2] for r in results) / wall:,.0f} | "
-            f"{pct(ttft, 0.5) * 1e3:,.0f} ms | {pct(ttft, 0.99) * 1e3:,.0f} ms | "
-            f"{pct(lat, 0.5):.2f} s | {pct(lat, 0.99):.2f} s | {st['decode_s']:.2f} ({steps}, "
+            f"{_pct(ttft, 0.5) * 1e3:,.0f} ms | {_pct(ttft, 0.99) * 1e3:,.0f} ms | "
+            f"{_pct(lat, 0.5):.2f} s | {_pct(lat, 0.99):.2f} s | {st['decode_s']:.2f} ({steps}, "
             f"{st['decode_s'] / steps * 1e3:.2f}, {st['decode_extent_steps'] / steps:.0f}) | "
             f"{st['prefill_s']:.2f} ({st['prefills']}, {st['prefill_padded_tokens']:,}) |",
             flush=True)
