@@ -592,8 +592,8 @@ class Engine:
 
     Why measure: a decode step's attention is one product per (slot, KV head) over the
     extent, and XLA:CPU runs each of those on one thread below a size (S x head_dim ~ 32k
-    multiply-adds here) and on the whole thread pool above it, so on a 2-core VM the step at
-    extent 520 took 9.5 ms and at 512 took 11-13 ms (benchmarks/bench_serve.py's model, 32
+    multiply-adds here) and on the whole thread pool above it, so on a 2-core VM a step at
+    extent 520 took 10.1 ms and at 512 took 12.1 ms (benchmarks/bench_serve.py's model, 32
     slots). Where that threshold lies depends on the CPU, the head size and XLA's version.
     Returns the new buckets; `extent_times` keeps every candidate's seconds per step."""
     cands = sorted({min(int(w), self.max_seq_len) for w in (candidates or
@@ -616,9 +616,12 @@ class Engine:
         state, out = _decode_jit(self.cfg, self.params, state, alive_b, jnp.int32(steps),
                                  rows=self.max_batch, max_steps=steps, stop_ids=self.stop_ids)
         jax.block_until_ready(out)
-        state = live(state, w)
+        took = time.perf_counter() - t0
+        state = live(state, w)  # back to the positions before the chunk
         if i:
-          best = min(best, (time.perf_counter() - t0) / steps)
+          best = min(best, took / steps)
+          if took > 0.5:  # a large model: one timed chunk per extent is enough
+            break
       times[w] = best
       del state
     keep = select_extents(times, self.extent_buckets)
@@ -637,9 +640,11 @@ class Engine:
     extents, the prefill of every warmed prompt bucket (default: those up to 512 tokens) at
     every group size the scheduler uses (`prefill_sizes`), and the slot insert of each of those
     buckets into every extent that holds it. A prompt in a longer bucket compiles its prefill
-    when first seen. With `tune_extents` and no extent_buckets given to the constructor, first
-    picks the cache extents by timing them (`tune_extents`). Call before start()."""
-    if tune_extents and len(self.extent_candidates) > 1:
+    when first seen. With `tune_extents` and no extent_buckets given to the constructor, on
+    CPU, first picks the cache extents by timing them (`tune_extents`). Call before start()."""
+    # On CPU only: the threading size that makes a larger extent faster is XLA:CPU's (on an
+    # accelerator the power-of-two buckets stand; not measured there, no accelerator here).
+    if tune_extents and len(self.extent_candidates) > 1 and jax.default_backend() == "cpu":
       self.tune_extents()
     if prompt_lengths is None:
       prompt_lengths = [p for p in self.prompt_buckets if p <= 512] or self.prompt_buckets[:1]

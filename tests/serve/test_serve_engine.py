@@ -265,9 +265,14 @@ def test_bad_requests_are_refused_with_the_reason(engine):
 
 
 @pytest.mark.slow  # compiles the engine again for the mesh: ~40 s on 2 cores
-def test_greedy_equals_sampler_on_a_mesh(params):
+@pytest.mark.parametrize("tuned", [False, True], ids=["given_extents", "tuned_extents"])
+def test_greedy_equals_sampler_on_a_mesh(params, tuned):
   mesh = sharding.make_mesh(dict(data=2, fsdp=2, tensor=2))
-  eng = Engine(CFG, params, TOK, mesh=mesh, **KW).start()
+  kw = {k: v for k, v in KW.items() if not (tuned and k == "extent_buckets")}
+  eng = Engine(CFG, params, TOK, mesh=mesh, **kw)
+  if tuned:  # the extents timed on sharded slots
+    assert eng.tune_extents() == engine_lib.select_extents(eng.extent_times, (64, 128))
+  eng.start()
   try:
     prompts = _prompts([3, 17, 8, 30, 11])
     out = eng.generate(prompts, SamplingParams(max_tokens=12, temperature=0.0, ignore_eos=True),
