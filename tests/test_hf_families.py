@@ -151,6 +151,24 @@ def test_logits_match_transformers_full_sequence_and_kv_cache(built, family):
     got.append(np.asarray(logits))
   np.testing.assert_array_less(np.abs(np.concatenate(got, axis=1) - ref), 1e-4)
 
+  # Continuous batching (gift serve): rows at different lengths, a cache index per row. Row 1
+  # is prefilled with 3 tokens (slots 3-4 padding), row 0 with 5; then both decode together,
+  # each writing at its own slot, row 0 past the window.
+  segments = jnp.asarray([[1] * 5, [1, 1, 1, 0, 0]], jnp.int32)
+  _, cache = transformer.apply(cfg, params, jnp.asarray(tokens[:, :5], jnp.int32),
+                               jnp.broadcast_to(jnp.arange(5, dtype=jnp.int32), (2, 5)),
+                               segments, transformer.init_cache(cfg, 2, T))
+  index, got = jnp.asarray([5, 3], jnp.int32), []
+  for _ in range(T - 5):
+    step_tokens = jnp.asarray(tokens[[0, 1], np.asarray(index)][:, None], jnp.int32)
+    logits, cache = transformer.apply(cfg, params, step_tokens, index[:, None], None,
+                                      cache._replace(index=index))
+    got.append(np.asarray(logits[:, 0]))
+    index = cache.index
+  got = np.stack(got, axis=1)
+  np.testing.assert_array_less(np.abs(got[0] - ref[0, 5:]), 1e-4)
+  np.testing.assert_array_less(np.abs(got[1] - ref[1, 3:T - 2]), 1e-4)
+
 
 @pytest.mark.parametrize("family", ["gemma2", "gemma3",
                                     pytest.param("qwen2", marks=pytest.mark.slow),
