@@ -458,6 +458,12 @@ class Engine:
     # Decode steps run over the lowest `rows` slots: a few sizes, each a multiple of dp.
     self.row_buckets = tuple(r for r in _pow2_up_to(dp, self.max_batch)
                              if r >= min(8, self.max_batch))
+    if mesh is None:
+      # One device, every array committed to it (parameters, slot state, arguments): a jit's
+      # outputs are committed, and a compile for uncommitted inputs is not reused for
+      # committed ones, so a warm-up on fresh arrays would compile every step again.
+      shardings = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+      self._rows = shardings
     if all(x.dtype == dtype for x in jax.tree.leaves(params)):
       params = jax.device_put(params, shardings)
     else:
@@ -700,14 +706,14 @@ class Engine:
     state = SlotState(cache, z(jnp.int32), z(jnp.int32), z(jnp.int32), z(jnp.int32) + 1,
                       jnp.ones((b,), bool), jax.random.split(jax.random.key(0), b),
                       z(jnp.float32), z(jnp.int32), z(jnp.float32) + 1, z(bool), z(bool))
-    if self._rows is not None:  # slots over data x fsdp; the scalar index replicated
-      from gift import sharding
-      state = jax.tree.map(lambda x: jax.device_put(
-          x, self._rows if x.ndim else sharding.replicated(self.mesh)), state)
-    return state
+    if self.mesh is None:
+      return jax.device_put(state, self._rows)
+    from gift import sharding  # slots over data x fsdp; the scalar index replicated
+    return jax.tree.map(lambda x: jax.device_put(
+        x, self._rows if x.ndim else sharding.replicated(self.mesh)), state)
 
   def _put(self, x: np.ndarray) -> Array:
-    return jax.device_put(x, self._rows) if self._rows is not None else jnp.asarray(x)
+    return jax.device_put(x, self._rows)
 
   def _run(self) -> None:
     freed = False

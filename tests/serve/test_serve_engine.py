@@ -163,6 +163,23 @@ def test_warmup_tunes_the_default_extents_and_serves_the_same_tokens(params):
   assert Engine(CFG, params, TOK, **KW).extent_candidates == ()
 
 
+def test_a_fresh_slot_state_and_a_decoded_one_share_one_compile(params):
+  """The engine's arrays are all committed to its device, so the decode step compiled for a
+  fresh state (warmup, the extent tuner) is the one its outputs run: the tuner times steps,
+  not a second compile (uncommitted fresh arrays once compiled again for the committed
+  outputs, and every tuned time was a compile's)."""
+  committed = jax.device_put(params, jax.local_devices()[0])  # as a checkpoint loads them
+  eng = Engine(CFG, committed, TOK, max_batch=4, max_seq_len=128, decode_steps=4,
+               prompt_buckets=(32,), extent_buckets=(40, 128))  # 40: no other test's shape
+  run = lambda state: engine_lib._decode_jit(
+      CFG, eng.params, state, eng._put(np.ones(4, bool)), jnp.int32(2), rows=4,
+      max_steps=4, stop_ids=eng.stop_ids)[0]
+  before = engine_lib._decode_jit._cache_size()
+  state = run(eng._empty_state(40))
+  run(state)
+  assert engine_lib._decode_jit._cache_size() == before + 1
+
+
 def test_seeded_samples_do_not_depend_on_the_batch(engine):
   prompts = _prompts([4, 20, 9])
   p = SamplingParams(max_tokens=16, temperature=0.9, top_k=40, top_p=0.95, seed=5,
