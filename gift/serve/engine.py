@@ -32,7 +32,8 @@ strings are matched on the host (text, not tokens) between chunks.
 Joining. Waiting sequences are taken in arrival order up to the free slots, grouped by prompt
 length bucket and prefilled together (`_prefill`: one `transformer.apply` over the group into a
 fresh cache of P slots, the first token sampled from the last prompt position; jit per (U, P),
-U a power of two: a group of 5 is prefilled as 4 + 1, never padded); then `_insert` writes each
+U a power of two: a group of 5 is prefilled as 4 + 1, never padded; prompts of 65-512 tokens
+go one per call, padded to the next multiple of 32, `lone_buckets`); then `_insert` writes each
 row's keys/values into its slot with `dynamic_update_slice` (one call per row, jit per (P, W),
 the slot state donated, no model inside). `Engine.warmup` compiles every one of these shapes
 (and the decode step of every (rows, extent), and every extent change) before serving, so the
@@ -74,6 +75,9 @@ from gift.sample import _nucleus_by_threshold, _unstack_leafwise, greedy_ids
 Array = jax.Array
 log = logging.getLogger(__name__)
 CANDIDATES = 256  # top-k is limited to this; top-p looks for its nucleus among these first
+WARM_PROMPTS = 512  # warmup() compiles the prefill of prompt buckets up to this many tokens
+LONE_STEP = 32  # prompts of LONE_ABOVE to WARM_PROMPTS tokens are prefilled one per call,
+LONE_ABOVE = 64  # padded to a multiple of LONE_STEP (with the default prompt buckets)
 TOP_LOGPROBS = 5  # the most alternatives `logprobs` can ask for
 
 
@@ -447,6 +451,14 @@ class Engine:
     self.extent_candidates = () if extent_buckets else tuple(sorted(
         set(self.extent_buckets) | {w + 8 for w in self.extent_buckets if w + 8 < s}))
     self.extent_times: dict[int, float] = {}
+    # Prompts of LONE_ABOVE+1 to WARM_PROMPTS tokens are prefilled one per call, padded to the
+    # next multiple of LONE_STEP instead of their power-of-two bucket: a 260-token prompt
+    # costs 288 tokens, not 512 (benchmarks/bench_serve.py's load: 40.4k -> 30.1k padded
+    # tokens, prefill 2.3 -> 1.8 s). So long a prompt fills a prefill call's matmuls alone,
+    # and one compile per size (U = 1) keeps the warm-up short. Only with the default prompt
+    # buckets; given ones are used as they are.
+    self.lone_buckets = () if prompt_buckets else tuple(
+        range(LONE_ABOVE + LONE_STEP, min(WARM_PROMPTS, s - 1) + 1, LONE_STEP))
     dtype = jnp.dtype(model_cfg.dtype)
     shardings, self._rows, dp = None, None, 1
     if mesh is not None:
@@ -653,9 +665,12 @@ class Engine:
     if tune_extents and len(self.extent_candidates) > 1 and jax.default_backend() == "cpu":
       self.tune_extents()
     if prompt_lengths is None:
-      prompt_lengths = [p for p in self.prompt_buckets if p <= 512] or self.prompt_buckets[:1]
-    buckets = sorted({_bucket(min(n, self.max_seq_len - 1), self.prompt_buckets)
-                      for n in prompt_lengths})
+      prompt_lengths = ([p for p in self.prompt_buckets if p <= WARM_PROMPTS]
+                        or self.prompt_buckets[:1]) + list(self.lone_buckets)
+    lengths = [min(n, self.max_seq_len - 1) for n in prompt_lengths]
+    lone = sorted({self._lone_bucket(n) for n in lengths} - {None})
+    buckets = sorted({_bucket(n, self.prompt_buckets) for n in lengths
+                      if self._lone_bucket(n) is None})
     alive_b = self._put(np.zeros(self.max_batch, bool))
     for w in self.extent_buckets:
       self._ensure_extent(w, exact=True)
@@ -677,7 +692,7 @@ class Engine:
                           arr(False, bool, u))
 
     # Prefills compile independently of each other and of the slot state: on a thread pool.
-    jobs = [(p, u) for p in buckets for u in self.prefill_sizes(p)]
+    jobs = [(p, u) for p in buckets for u in self.prefill_sizes(p)] + [(p, 1) for p in lone]
     with concurrent.futures.ThreadPoolExecutor(max(1, min(4, os.cpu_count() or 1))) as pool:
       outs = dict(zip(jobs, pool.map(lambda job: prefill(*job), jobs)))
     # Inserting one prefilled prompt into every extent it fits (a finished row in slot 0: the
@@ -685,7 +700,7 @@ class Engine:
     one = lambda x, dtype: arr(x, dtype, 1)
     for w in self.extent_buckets:
       self._ensure_extent(w, exact=True)
-      for p in buckets:
+      for p in buckets + lone:
         if p <= w:
           (cache, keys, first), = outs[(p, 1)][0]
           self._state = _insert_jit(
@@ -799,15 +814,25 @@ class Engine:
   def _admit(self, seqs: list[Choice]) -> None:
     """Prefills the sequences in groups of one prompt bucket and inserts them into their slots.
     A group is cut into calls of the warmed-up sizes (`prefill_sizes`), largest first, so no
-    call pads rows and none compiles while serving."""
+    call pads rows and none compiles while serving. Prompts with a `_lone_bucket` are
+    prefilled one per call, padded to it."""
     groups: dict[int, list[Choice]] = collections.defaultdict(list)
     for s in seqs:
-      groups[_bucket(len(s.prompt_ids), self.prompt_buckets)].append(s)
+      lone = self._lone_bucket(len(s.prompt_ids))
+      if lone is None:
+        groups[_bucket(len(s.prompt_ids), self.prompt_buckets)].append(s)
+      else:
+        self._prefill_group(lone, [s])
     for p, group in sorted(groups.items()):
       while group:
         u = max(x for x in self.prefill_sizes(p) if x <= len(group))
         self._prefill_group(p, group[:u])
         group = group[u:]
+
+  def _lone_bucket(self, n: int) -> int | None:
+    """The padded length of an n-token prompt that is prefilled alone (the smallest
+    `lone_buckets` entry that holds it, when one is above LONE_ABOVE), else None."""
+    return next((x for x in self.lone_buckets if n <= x and n > LONE_ABOVE), None)
 
   def prefill_sizes(self, p: int) -> tuple[int, ...]:
     """Numbers of prompts of bucket p prefilled in one call: powers of two up to max_batch and

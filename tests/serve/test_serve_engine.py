@@ -104,6 +104,38 @@ def test_after_warmup_the_engine_thread_never_compiles(params):
   assert [s.ids for s in first + rest] == _reference(params, prompts, 24)
 
 
+def test_prompts_past_64_tokens_are_prefilled_alone_padded_to_a_multiple_of_32(params):
+  """With the default prompt buckets, a prompt of 65 to 512 tokens is prefilled in a call of
+  its own, padded to the next multiple of 32 (70 and 90 tokens: 96, not their bucket 128),
+  compiled by warmup(); shorter ones (and those past the last such size) are still grouped by
+  power-of-two bucket; greedy outputs equal the Sampler's."""
+  eng = Engine(CFG, params, TOK, max_batch=8, max_seq_len=128, decode_steps=4,
+               extent_buckets=(128,))
+  assert eng.prompt_buckets == (16, 32, 64, 128) and eng.lone_buckets == (96,)
+  eng.warmup()
+  compiled = []
+
+  def on_event(event, duration_s, **kw):
+    if event == "/jax/core/compile/backend_compile_duration":
+      compiled.append(threading.current_thread().name)
+
+  jax.monitoring.register_event_duration_secs_listener(on_event)
+  eng.start()
+  prompts = _prompts([70, 20, 90, 100, 30, 110], seed=6)
+  greedy = SamplingParams(max_tokens=8, temperature=0.0, ignore_eos=True)
+  try:
+    burst = eng.submit_many([(p, greedy, 1) for p in prompts])
+    assert all(s.done_event.wait(300) for s in burst)
+  finally:
+    eng.stop()
+    jax.monitoring.unregister_event_duration_listener(on_event)
+  assert "gift-serve-engine" not in compiled
+  # 70, 90: alone at 96; 20 and 30: together at 32; 100 and 110: together at 128.
+  assert eng.stats["prefills"] == 4
+  assert eng.stats["prefill_padded_tokens"] == 96 + 96 + 2 * 32 + 2 * 128
+  assert [s.ids for s in burst] == _reference(params, prompts, 8)
+
+
 def test_the_chunk_after_a_finish_is_short_so_followers_join_sooner(params):
   """A chunk that frees a slot is followed by a `join_steps` chunk (the freed slot's client
   usually sends its next request at once), then whole chunks again; outputs are unchanged."""
