@@ -72,13 +72,9 @@ def test_greedy_equals_sampler_with_mixed_concurrent_traffic(engine, params):
   assert engine.load()["busy"] == 0
 
 
-def test_after_warmup_the_engine_thread_never_compiles(params):
-  """Every shape the scheduler produces is compiled by warmup(): a burst of arrivals in two
-  prompt buckets (groups of 3 = 2 + 1), an extent that grows and shrinks, more sequences than
-  slots; greedy outputs still equal the Sampler's."""
-  eng = Engine(CFG, params, TOK, max_batch=4, max_seq_len=128, decode_steps=4,
-               prompt_buckets=(32, 64), extent_buckets=(64, 128))
-  eng.warmup()
+def _compile_threads():
+  """(names of the threads that compiled, in order; the listener that records them, already
+  registered: unregister it with jax.monitoring.unregister_event_duration_listener)."""
   compiled = []
 
   def on_event(event, duration_s, **kw):
@@ -86,6 +82,17 @@ def test_after_warmup_the_engine_thread_never_compiles(params):
       compiled.append(threading.current_thread().name)
 
   jax.monitoring.register_event_duration_secs_listener(on_event)
+  return compiled, on_event
+
+
+def test_after_warmup_the_engine_thread_never_compiles(params):
+  """Every shape the scheduler produces is compiled by warmup(): a burst of arrivals in two
+  prompt buckets (groups of 3 = 2 + 1), an extent that grows and shrinks, more sequences than
+  slots; greedy outputs still equal the Sampler's."""
+  eng = Engine(CFG, params, TOK, max_batch=4, max_seq_len=128, decode_steps=4,
+               prompt_buckets=(32, 64), extent_buckets=(64, 128))
+  eng.warmup()
+  compiled, on_event = _compile_threads()
   eng.start()
   try:
     prompts = _prompts([5, 20, 50, 9, 60, 30], seed=4)
@@ -113,13 +120,7 @@ def test_prompts_past_64_tokens_are_prefilled_alone_padded_to_a_multiple_of_32(p
                extent_buckets=(128,))
   assert eng.prompt_buckets == (16, 32, 64, 128) and eng.lone_buckets == (96,)
   eng.warmup()
-  compiled = []
-
-  def on_event(event, duration_s, **kw):
-    if event == "/jax/core/compile/backend_compile_duration":
-      compiled.append(threading.current_thread().name)
-
-  jax.monitoring.register_event_duration_secs_listener(on_event)
+  compiled, on_event = _compile_threads()
   eng.start()
   prompts = _prompts([70, 20, 90, 100, 30, 110], seed=6)
   greedy = SamplingParams(max_tokens=8, temperature=0.0, ignore_eos=True)
