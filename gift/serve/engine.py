@@ -460,22 +460,21 @@ class Engine:
     self.lone_buckets = () if prompt_buckets else tuple(
         range(LONE_ABOVE + LONE_STEP, min(WARM_PROMPTS, s - 1) + 1, LONE_STEP))
     dtype = jnp.dtype(model_cfg.dtype)
-    shardings, self._rows, dp = None, None, 1
+    dp = 1
     if mesh is not None:
       from gift import sharding
       shardings = sharding.param_shardings(model_cfg, mesh)
       self._rows = sharding.batch_sharding(mesh)
       dp = mesh.shape.get("data", 1) * mesh.shape.get("fsdp", 1)
+    else:
+      # One device, every array committed to it (parameters, slot state, arguments): a jit's
+      # outputs are committed, and a compile for uncommitted inputs is not reused for
+      # committed ones, so a warm-up on fresh arrays would compile every step again.
+      shardings = self._rows = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     self.max_batch = -(-max_batch // dp) * dp
     # Decode steps run over the lowest `rows` slots: a few sizes, each a multiple of dp.
     self.row_buckets = tuple(r for r in _pow2_up_to(dp, self.max_batch)
                              if r >= min(8, self.max_batch))
-    if mesh is None:
-      # One device, every array committed to it (parameters, slot state, arguments): a jit's
-      # outputs are committed, and a compile for uncommitted inputs is not reused for
-      # committed ones, so a warm-up on fresh arrays would compile every step again.
-      shardings = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-      self._rows = shardings
     if all(x.dtype == dtype for x in jax.tree.leaves(params)):
       params = jax.device_put(params, shardings)
     else:
@@ -668,9 +667,9 @@ class Engine:
       prompt_lengths = ([p for p in self.prompt_buckets if p <= WARM_PROMPTS]
                         or self.prompt_buckets[:1]) + list(self.lone_buckets)
     lengths = [min(n, self.max_seq_len - 1) for n in prompt_lengths]
-    lone = sorted({self._lone_bucket(n) for n in lengths} - {None})
-    buckets = sorted({_bucket(n, self.prompt_buckets) for n in lengths
-                      if self._lone_bucket(n) is None})
+    lone_n = {n: self._lone_bucket(n) for n in lengths}
+    lone = sorted(set(lone_n.values()) - {None})
+    buckets = sorted({_bucket(n, self.prompt_buckets) for n, x in lone_n.items() if x is None})
     alive_b = self._put(np.zeros(self.max_batch, bool))
     for w in self.extent_buckets:
       self._ensure_extent(w, exact=True)
@@ -832,7 +831,7 @@ class Engine:
   def _lone_bucket(self, n: int) -> int | None:
     """The padded length of an n-token prompt that is prefilled alone (the smallest
     `lone_buckets` entry that holds it, when one is above LONE_ABOVE), else None."""
-    return next((x for x in self.lone_buckets if n <= x and n > LONE_ABOVE), None)
+    return next((x for x in self.lone_buckets if x >= n), None) if n > LONE_ABOVE else None
 
   def prefill_sizes(self, p: int) -> tuple[int, ...]:
     """Numbers of prompts of bucket p prefilled in one call: powers of two up to max_batch and
