@@ -284,7 +284,8 @@ def open_recipe(cfg: ConfigDict) -> ConfigDict:
 
 # Model fields a run may choose freely (numerics, memory, kernels); the others are the model's
 # shape, which a checkpoint fixes.
-FREE_MODEL_FIELDS = ("dtype", "remat_policy", "scan_layers", "max_seq_len", "attention_impl")
+FREE_MODEL_FIELDS = ("dtype", "remat_policy", "scan_layers", "max_seq_len", "attention_impl",
+                     "decode_attention")
 
 
 def model_config(cfg: ConfigDict) -> presets.ModelConfig:

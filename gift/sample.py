@@ -34,7 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import gift
-from gift.model import transformer
+from gift.model import cpu_kernels, transformer
 from gift.model.presets import ModelConfig
 
 Array = jax.Array
@@ -238,6 +238,7 @@ class Sampler:
                batch_size: int = 8, buckets: Sequence[int] = DEFAULT_BUCKETS,
                stop_check_every: int = 32):
     self.cfg, self.tokenizer, self.mesh = model_cfg, tokenizer, mesh
+    self.cfg = cpu_kernels.for_mesh(model_cfg, mesh)  # the decode attention a mesh allows
     self.buckets = tuple(sorted(buckets))
     self.stop_check_every = stop_check_every
     dtype = jnp.dtype(model_cfg.dtype)

@@ -19,6 +19,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from gift.model import cpu_kernels
+
 Array = jax.Array
 _MASKED = -0.7 * float(jnp.finfo(jnp.float32).max)  # finite: a fully masked row stays NaN-free
 
@@ -283,6 +285,7 @@ def sliding_window_mask(mask_bts: Array, q_slot_bt: Array, kv_slot_s: Array, win
 
 
 ATTENTION_IMPLS = ("default", "xla", "cudnn")
+DECODE_IMPLS = ("auto", "xla")
 
 
 def softcap(x: Array, cap: float) -> Array:
@@ -320,14 +323,26 @@ def attend(q_btnh: Array, k_bskh: Array, v_bskh: Array, mask_bts: Array,
 
 
 def attend_cached(q_btnh: Array, k_bksh: Array, v_bksh: Array, mask_bts: Array,
-                  scale: float | None = None, logit_cap: float = 0.0) -> Array:
+                  scale: float | None = None, logit_cap: float = 0.0,
+                  decode_impl: str = "auto") -> Array:
   """`attend` over a KV cache laid out [B, K, S, H] (transformer.KVCache): both products are
-  batched over (B, K) with the cache as it lies, so no step copies or transposes the cache."""
+  batched over (B, K) with the cache as it lies, so no step copies or transposes the cache.
+  `decode_impl` (ModelConfig.decode_attention) "auto" lets one-token steps (T = 1) take gift's
+  CPU kernel where it applies (cpu_kernels.use_decode_attention); "xla" never."""
+  if decode_impl not in DECODE_IMPLS:
+    raise ValueError(f"model.decode_attention={decode_impl!r}; expected one of {DECODE_IMPLS}")
   b, t, n, h = q_btnh.shape
   k = k_bksh.shape[1]
   scale = h ** -0.5 if scale is None else scale
   q_bkgth = (q_btnh * jnp.asarray(scale, q_btnh.dtype)).reshape(b, t, k, n // k, h
                                                                ).transpose(0, 2, 3, 1, 4)
+  if (t == 1 and decode_impl == "auto"
+      and cpu_kernels.use_decode_attention(q_bkgth, k_bksh, v_bksh)):
+    # Decoding on a CPU: each row reads its cache only where its mask is set (a custom call,
+    # gift/model/cpu_kernels.py), not all S slots.
+    out_bkgh = cpu_kernels.decode_attention(q_bkgth[:, :, :, 0], k_bksh, v_bksh,
+                                            mask_bts[:, 0], logit_cap)
+    return out_bkgh.reshape(b, t, n, h)
   if t == 1:
     # Decoding: keys times queries, the cache as the left operand with its contracted axis
     # last. Written as queries times keys, XLA:CPU (under gift serve's vmap over slots) copied

@@ -310,7 +310,7 @@ def apply(cfg: ModelConfig, params: Params, tokens_bt: Array, positions_bt: Arra
           v_bksh = jax.lax.dynamic_update_slice(
               cache.v[i], v_btkh.swapaxes(1, 2).astype(cache.v[i].dtype), at)
         y_btnh = layers.attend_cached(q_btnh, k_bksh.astype(dtype), v_bksh.astype(dtype), mask,
-                                      scale, cfg.attn_logit_softcap)
+                                      scale, cfg.attn_logit_softcap, cfg.decode_attention)
         return y_btnh, (k_bksh, v_bksh)
 
       x_btd, (k_bksh, v_bksh) = attn_half(x_btd, p, attend_fn, rope)

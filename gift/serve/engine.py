@@ -68,7 +68,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gift.model import transformer
+from gift.model import cpu_kernels, transformer
 from gift.model.presets import ModelConfig
 from gift.sample import _nucleus_by_threshold, _unstack_leafwise, greedy_ids
 
@@ -432,6 +432,7 @@ class Engine:
                prompt_buckets: Sequence[int] | None = None,
                extent_buckets: Sequence[int] | None = None):
     self.cfg, self.tokenizer, self.mesh = model_cfg, tokenizer, mesh
+    self.cfg = cpu_kernels.for_mesh(model_cfg, mesh)  # the decode attention a mesh allows
     self.max_seq_len = int(max_seq_len or model_cfg.max_seq_len)
     if self.max_seq_len < 2:
       raise ValueError(f"max_seq_len={self.max_seq_len}; expected >= 2")
