@@ -170,10 +170,15 @@ class Child:
 # Environments.
 
 
-def gift_env() -> dict:
+def gift_env(tunables: bool = True) -> dict:
+  """gift's environment: the malloc tunables its CLI applies to `gift sample` (the offline
+  child), none for `gift serve` (which does not apply them, see gift/cli.py)."""
   from gift import cpu_env
-  env = dict(os.environ, **cpu_env.wanted_env(), GIFT_CPU_ENV_APPLIED="1")
+  env = dict(os.environ, **(cpu_env.wanted_env() if tunables else {}),
+             GIFT_CPU_ENV_APPLIED="1")
   env.pop("XLA_FLAGS", None)
+  if not tunables:
+    env.pop("GLIBC_TUNABLES", None)
   repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   env["PYTHONPATH"] = repo + os.pathsep + env.get("PYTHONPATH", "")
   return env
@@ -463,7 +468,7 @@ def main() -> None:
            "--served_model_name", MODEL, "--max_batch", str(args.max_batch), "--max_seq_len",
            str(args.prompt_len[1] + args.new_tokens[1] + 16), "--max_queue", "4096",
            "--decode_steps", str(args.decode_steps)],
-          stdout=open(log_path, "w"), stderr=subprocess.STDOUT, env=gift_env())
+          stdout=open(log_path, "w"), stderr=subprocess.STDOUT, env=gift_env(tunables=False))
       servers["gift"] = (port, proc)
       start = {"gift": wait_ready(port, proc, log_path, 600)}
       if use_vllm:

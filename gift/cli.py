@@ -29,8 +29,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
   "export-hf": ("gift.hf:export_main", "convert a gift checkpoint to Hugging Face format"),
 }
 
-# Commands that run model steps: they re-execute once with gift.cpu_env's malloc tunable.
-CPU_HEAVY = ("quickstart", "train", "sample", "serve")
+# Commands that run model steps: they re-execute once with gift.cpu_env's malloc tunables.
+# Not `serve`: its warm-up compiles ~100 shapes on many threads, which one shared malloc arena
+# slows (start-up 96 -> 140 s, benchmarks/bench_serve.py's model), and it serves no faster.
+CPU_HEAVY = ("quickstart", "train", "sample")
 
 
 def _usage() -> str:
