@@ -57,7 +57,10 @@ inline float Dot(const float* a, const float* b, int64_t n) {
 }
 
 // One (row, kv head): scores of all G queries against the span's keys, their softmax weights,
-// then one pass over the span's values.
+// then one pass over the span's values. The cache is streamed with non-temporal prefetches
+// (8 slots ahead): on a busy step it is tens of MB read once, and left out of the shared cache
+// it evicts less of the weights the step's matmuls read next (decode step at 520 slots, 32
+// rows, 2-core EPYC: 7.0 -> 6.8 ms; a temporal prefetch made it slower, 7.5).
 void AttendItem(const Problem& p, int64_t item, std::vector<float>& scores) {
   const int64_t r = item / p.heads;
   const int64_t G = p.groups, H = p.dim, W = p.width;
@@ -77,6 +80,7 @@ void AttendItem(const Problem& p, int64_t item, std::vector<float>& scores) {
     float* sg = scores.data() + g * n;
     float top = -INFINITY;
     for (int64_t j = 0; j < n; ++j) {
+      for (int64_t d = 0; d < H; d += 16) __builtin_prefetch(k + (j + 8) * H + d, 0, 0);
       float s = Dot(qg, k + j * H, H);
       if (p.cap > 0.0f) s = p.cap * std::tanh(s / p.cap);
       s = mask[j] ? s : -INFINITY;
@@ -90,6 +94,7 @@ void AttendItem(const Problem& p, int64_t item, std::vector<float>& scores) {
     for (int64_t j = 0; j < n; ++j) {
       const float w = sg[j] / total;
       const float* vj = v + j * H;
+      for (int64_t d = 0; d < H; d += 16) __builtin_prefetch(vj + 8 * H + d, 0, 0);
       for (int64_t d = 0; d < H; ++d) og[d] += w * vj[d];
     }
   }
