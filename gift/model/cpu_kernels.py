@@ -60,9 +60,14 @@ def _build() -> str | None:
   path = os.path.join(cache, f"decode_attention-{key.hexdigest()[:16]}.so")
   if os.path.exists(path):
     return path
-  os.makedirs(cache, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(suffix=".so", dir=cache)
-  os.close(fd)
+  try:
+    os.makedirs(cache, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=cache)
+    os.close(fd)
+  except OSError as e:
+    log.warning("gift CPU kernels: cannot write to %s (%s; set GIFT_KERNEL_CACHE); using XLA's "
+                "ops", cache, e)
+    return None
   cmd = [cxx, *_FLAGS, "-I", jax.ffi.include_dir(), _SOURCE, "-o", tmp]
   try:
     run = subprocess.run(cmd, capture_output=True, text=True, timeout=300)

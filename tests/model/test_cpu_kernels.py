@@ -126,3 +126,9 @@ def test_the_build_lands_whole_and_a_missing_compiler_falls_back(tmp_path):
   out = _probe(tmp_path, CXX=str(tmp_path / "no-such-compiler"))
   assert "available False" in out and "using XLA's ops" in out
   assert "available False" in _probe(tmp_path, GIFT_CPU_KERNELS="0")
+  (tmp_path / "file").write_text("")  # a cache folder that cannot be made
+  run = subprocess.run([sys.executable, "-c", _PROBE.replace('os.environ["GIFT_KERNEL_CACHE"]',
+                                                             '"/nonexistent"')],
+                       capture_output=True, text=True, timeout=600,
+                       env={**os.environ, "GIFT_KERNEL_CACHE": str(tmp_path / "file" / "k")})
+  assert "available False" in run.stdout and "set GIFT_KERNEL_CACHE" in run.stdout, run.stderr
