@@ -546,6 +546,9 @@ def main(argv: list[str]) -> int:
                       "requests join sooner (default: decode_steps // 4)")
   p.add_argument("--max_prefill_tokens", type=int, default=4096,
                  help="padded prompt tokens per prefill call")
+  p.add_argument("--overlap_prefill", action="store_true",
+                 help="prefill on a thread of its own, overlapping the decode steps (no gain "
+                      "measured on a 2-core CPU; see gift/serve/engine.py)")
   p.add_argument("--api_key", default=os.environ.get("GIFT_SERVE_API_KEY"),
                  help="require 'Authorization: Bearer KEY' (default: $GIFT_SERVE_API_KEY; "
                       "none = open)")
@@ -562,7 +565,8 @@ def main(argv: list[str]) -> int:
   engine = engine_lib.Engine.from_checkpoint(
       args.checkpoint, mesh=_mesh(args.mesh), step=args.step, max_batch=args.max_batch,
       max_seq_len=args.max_seq_len, max_queue=args.max_queue, decode_steps=args.decode_steps,
-      join_steps=args.join_steps, max_prefill_tokens=args.max_prefill_tokens)
+      join_steps=args.join_steps, max_prefill_tokens=args.max_prefill_tokens,
+      overlap_prefill=args.overlap_prefill)
   engine.warmup()
   engine.start()
   server = Server(engine, name, args.api_key, max_n=args.max_n,

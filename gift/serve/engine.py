@@ -419,11 +419,15 @@ class Engine:
     max_seq_len: prompt + generated tokens per sequence (default: the model's max_seq_len).
     max_queue: sequences that may wait for a slot; `submit` raises QueueFull beyond it.
     decode_steps: decode steps per host sync while nobody waits.
-    join_steps: decode steps of the chunk after one that freed slots, so that new requests
-      join sooner (default decode_steps // 4; decode_steps: off).
+    join_steps: decode steps of the chunk after one that freed slots (or while prefills run
+      on their thread), so that new requests join sooner (default decode_steps // 4;
+      decode_steps: off).
     max_prefill_tokens: padded prompt tokens per prefill call (bounds the stall of the
       running sequences while others join).
     mesh: optional jax Mesh (parameters by gift's sharding rules, slots over data x fsdp).
+    overlap_prefill: prefill on a thread of its own while the engine thread decodes, new
+      sequences joining when their prefill is done (see `_run_prefills`; off: prefills run
+      between decode chunks).
   """
 
   def __init__(self, model_cfg: ModelConfig, params: Any, tokenizer: Any, *,
@@ -431,7 +435,7 @@ class Engine:
                decode_steps: int = 8, join_steps: int | None = None,
                max_prefill_tokens: int = 4096, mesh: Any = None,
                prompt_buckets: Sequence[int] | None = None,
-               extent_buckets: Sequence[int] | None = None, overlap_prefill: bool = True):
+               extent_buckets: Sequence[int] | None = None, overlap_prefill: bool = False):
     self.cfg, self.tokenizer, self.mesh = model_cfg, tokenizer, mesh
     self.overlap_prefill = overlap_prefill
     self.cfg = cpu_kernels.for_mesh(model_cfg, mesh)  # the decode attention a mesh allows
@@ -810,10 +814,15 @@ class Engine:
 
   def _run_prefills(self) -> None:
     """The prefill thread (`overlap_prefill`): computes the groups `_admit` queued while the
-    engine thread decodes, and hands each result (or its exception) back for insertion. XLA:CPU
-    runs the two computations at once: a decode step at 32 rows uses the second core for only
-    part of its time, a prefill's large matmuls fill it (a chunk of decode steps and single
-    288-token prefills in two threads did 1.39x the work per second of either alone, 2-core VM)."""
+    engine thread decodes, and hands each result (or its exception) back for insertion.
+
+    Off by default: XLA:CPU does run the two computations at once (a decode chunk at 32 rows
+    and single 288-token prefills in two threads did 1.39x the work per second of either
+    alone), but serving gained little from it on a 2-core VM (benchmarks/bench_serve.py's
+    load, engine alone, interleaved: 32 clients 2,552-2,645 vs 2,505-2,547 tok/s with a p99
+    latency of 1.92-1.99 vs 1.72-1.77 s; 8 clients 1,138-1,206 vs 1,133-1,523): the decode
+    steps' small ops queue behind the prefill's large ones on the shared thread pool (6.3 ->
+    8.6-9.0 ms per step). Worth measuring on hosts with more cores."""
     while True:
       with self._lock:
         while not self._stopping and not self._prefill_jobs:

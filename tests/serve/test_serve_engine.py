@@ -394,3 +394,75 @@ def test_an_engine_failure_ends_every_request_with_an_error(params, monkeypatch)
       eng.submit(_prompts([5])[0], SamplingParams(max_tokens=10))
   finally:
     eng.stop()
+
+
+def test_prefills_overlapping_decode_give_the_tokens_of_prefills_in_turn(params):
+  """`overlap_prefill` (prefills on a thread of their own while the engine thread decodes)
+  changes when sequences join, not what they generate: greedy output equals the Sampler's,
+  and both schedules agree on seeded samples."""
+  prompts = _prompts([5, 40, 9, 70, 3, 22, 51, 12], seed=9)
+  greedy = SamplingParams(max_tokens=20, temperature=0.0, ignore_eos=True)
+  seeded = SamplingParams(max_tokens=20, temperature=0.9, top_p=0.9, seed=5, ignore_eos=True)
+  got = {}
+  for overlap in (True, False):
+    eng = Engine(CFG, params, TOK, **KW, overlap_prefill=overlap).start()
+    try:
+      first = eng.submit_many([(p, greedy, 1) for p in prompts[:3]])
+      while not any(s.ids for s in first):
+        time.sleep(0.005)
+      rest = eng.submit_many([(p, greedy, 1) for p in prompts[3:]]
+                             + [(p, seeded, 2) for p in prompts[:2]])
+      assert all(s.done_event.wait(300) for s in first + rest)
+      assert (eng._prefill_thread is not None) == overlap
+    finally:
+      eng.stop()
+    got[overlap] = [s.ids for s in first + rest]
+  assert got[True] == got[False]
+  assert got[True][:len(prompts)] == _reference(params, prompts, 20)
+
+
+def test_a_sequence_cancelled_while_its_prefill_runs_never_takes_its_slot(params, monkeypatch):
+  eng = Engine(CFG, params, TOK, **KW, overlap_prefill=True)
+  started, release = threading.Event(), threading.Event()
+  compute = eng._prefill_compute
+
+  def slow(p, group):  # holds the prefill until the test has cancelled
+    started.set()
+    assert release.wait(60)
+    return compute(p, group)
+
+  monkeypatch.setattr(eng, "_prefill_compute", slow)
+  eng.start()
+  try:
+    (s,) = eng.submit(_prompts([6])[0], SamplingParams(max_tokens=30, temperature=0.0))
+    assert started.wait(60)
+    assert eng.load()["busy"] == 1 and not s.inserted
+    eng.cancel([s])
+    assert s.done_event.wait(60) and s.finish == "cancelled" and not s.ids
+    monkeypatch.setattr(eng, "_prefill_compute", compute)
+    release.set()
+    (t,), = eng.generate(_prompts([4], seed=1)[:1], SamplingParams(max_tokens=5,
+                                                                    temperature=0.0),
+                         timeout_s=300)  # still serving, the cancelled one never decoded
+    assert len(t.ids) == 5 and not s.ids and eng.load()["busy"] == 0
+  finally:
+    release.set()
+    eng.stop()
+
+
+def test_a_prefill_thread_failure_ends_every_request_with_an_error(params, monkeypatch):
+  eng = Engine(CFG, params, TOK, **KW, overlap_prefill=True)
+
+  def boom(p, group):
+    raise RuntimeError("prefill failed")
+
+  monkeypatch.setattr(eng, "_prefill_compute", boom)
+  eng.start()
+  try:
+    seqs = eng.submit(_prompts([5])[0], SamplingParams(max_tokens=10, temperature=0.0), n=20)
+    for s in seqs:
+      assert s.done_event.wait(120) and s.finish == "error: RuntimeError: prefill failed"
+    with pytest.raises(engine_lib.EngineDead, match="prefill failed"):
+      eng.submit(_prompts([5])[0], SamplingParams(max_tokens=10))
+  finally:
+    eng.stop()
