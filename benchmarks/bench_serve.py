@@ -22,6 +22,7 @@ alternating between the two; the median window's best time is reported.
   VLLM_VENV=$HOME/venvs/vllm python benchmarks/bench_serve.py --skip_offline --requests 64
   python benchmarks/bench_serve.py --no_vllm                              # gift alone
   python benchmarks/bench_serve.py --engine --requests 128 --repeats 2    # the engine, no HTTP
+  python benchmarks/bench_serve.py --engine --overlap_prefill both --concurrency 8  # A/B
 """
 from __future__ import annotations
 
@@ -317,22 +318,33 @@ def load_run(port: int, prompts: list[list[int]], max_tokens: list[int], concurr
 def engine_run(ckpt: str, args) -> None:
   """gift's engine alone, in this process (no HTTP, no vLLM): closed-loop client threads at the
   highest concurrency level, `--requests` requests from the online distribution; prints
-  output tokens/s, latencies and where the engine thread's time went (`Engine.stats`)."""
+  output tokens/s, latencies and where the engine thread's time went (`Engine.stats`). With
+  `--overlap_prefill both`, one engine per schedule (prefills in turn with the decode chunks,
+  or overlapping them on a thread), the runs interleaved."""
   import numpy as np
 
   from gift.serve import engine as engine_lib
   t0 = time.perf_counter()
-  eng = engine_lib.Engine.from_checkpoint(
-      ckpt, max_batch=args.max_batch, max_seq_len=args.prompt_len[1] + args.new_tokens[1] + 16,
-      decode_steps=args.decode_steps)
-  eng.warmup()
-  times = ", ".join(f"{w}: {t * 1e3:.2f}" for w, t in eng.extent_times.items())
+  modes = {"off": (False,), "on": (True,), "both": (False, True)}[args.overlap_prefill]
+  engines = {}
+  for overlap in modes:  # the second engine takes the extents the first one's tuner kept
+    eng = engine_lib.Engine.from_checkpoint(
+        ckpt, max_batch=args.max_batch, max_seq_len=args.prompt_len[1] + args.new_tokens[1] + 16,
+        decode_steps=args.decode_steps, overlap_prefill=overlap,
+        extent_buckets=next(iter(engines.values())).extent_buckets if engines else None)
+    eng.warmup()
+    engines[overlap] = eng
+  first = next(iter(engines.values()))
+  times = ", ".join(f"{w}: {t * 1e3:.2f}" for w, t in first.extent_times.items())
+  kept = list(first.extent_buckets)
   print(f"\n### Engine in-process (warm-up {time.perf_counter() - t0:.0f} s; decode ms/step by "
-        f"extent at {eng.max_batch} slots: {times}; extents kept: {list(eng.extent_buckets)})\n")
-  print("| concurrency | requests | output tok/s | TTFT p50 | TTFT p99 | latency p50 | latency p99"
-        " | decode s (steps, ms/step, mean extent) | prefill s (calls, padded tokens) |")
-  print("|---|---|---|---|---|---|---|---|---|")
-  eng.start()
+        f"extent at {first.max_batch} slots: {times}; extents kept: {kept})\n")
+  print("| concurrency | requests | prefills | output tok/s | TTFT p50 | TTFT p99 | latency p50 "
+        "| latency p99 | decode s (steps, ms/step, mean extent) "
+        "| prefill s (calls, padded tokens) |")
+  print("|---|---|---|---|---|---|---|---|---|---|")
+  for eng in engines.values():
+    eng.start()
   try:
     conc = max(args.concurrency)
     for run in range(args.repeats + 1):  # the first run warms the host side, not reported
@@ -340,31 +352,35 @@ def engine_run(ckpt: str, args) -> None:
       prompts = make_prompts(n, *args.prompt_len, seed=100 + conc)
       rng = np.random.default_rng(200 + conc)
       max_tokens = rng.integers(args.new_tokens[0], args.new_tokens[1] + 1, size=n).tolist()
-      def request(i, prompts=prompts, max_tokens=max_tokens):
-        start = time.perf_counter()
-        [[c]] = eng.generate([prompts[i]], engine_lib.SamplingParams(
-            max_tokens=max_tokens[i], temperature=0.0, ignore_eos=True))
-        if len(c.ids) != max_tokens[i]:
-          raise RuntimeError(f"expected {max_tokens[i]} tokens, got {len(c.ids)}")
-        return c.first_token_at - c.arrived, time.perf_counter() - start, len(c.ids)
+      order = list(engines.items())
+      for overlap, eng in order[run % len(order):] + order[:run % len(order)]:
+        def request(i, eng=eng, prompts=prompts, max_tokens=max_tokens):
+          start = time.perf_counter()
+          [[c]] = eng.generate([prompts[i]], engine_lib.SamplingParams(
+              max_tokens=max_tokens[i], temperature=0.0, ignore_eos=True))
+          if len(c.ids) != max_tokens[i]:
+            raise RuntimeError(f"expected {max_tokens[i]} tokens, got {len(c.ids)}")
+          return c.first_token_at - c.arrived, time.perf_counter() - start, len(c.ids)
 
-      eng.stats.clear()
-      results, errors, wall = closed_loop(n, conc, request)
-      st = eng.stats
-      if errors:
-        raise RuntimeError(f"{len(errors)} of {n} requests failed, the first: {errors[0]}")
-      if run == 0:
-        continue
-      ttft, lat = sorted(r[0] for r in results), sorted(r[1] for r in results)
-      steps = max(1, st["decode_steps"])
-      print(f"| {conc} | {n} | {sum(r[2] for r in results) / wall:,.0f} | "
-            f"{_pct(ttft, 0.5) * 1e3:,.0f} ms | {_pct(ttft, 0.99) * 1e3:,.0f} ms | "
-            f"{_pct(lat, 0.5):.2f} s | {_pct(lat, 0.99):.2f} s | {st['decode_s']:.2f} ({steps}, "
-            f"{st['decode_s'] / steps * 1e3:.2f}, {st['decode_extent_steps'] / steps:.0f}) | "
-            f"{st['prefill_s']:.2f} ({st['prefills']}, {st['prefill_padded_tokens']:,}) |",
-            flush=True)
+        eng.stats.clear()
+        results, errors, wall = closed_loop(n, conc, request)
+        st = eng.stats
+        if errors:
+          raise RuntimeError(f"{len(errors)} of {n} requests failed, the first: {errors[0]}")
+        if run == 0:
+          continue
+        ttft, lat = sorted(r[0] for r in results), sorted(r[1] for r in results)
+        steps = max(1, st["decode_steps"])
+        print(f"| {conc} | {n} | {'overlapped' if overlap else 'in turn'} | "
+              f"{sum(r[2] for r in results) / wall:,.0f} | "
+              f"{_pct(ttft, 0.5) * 1e3:,.0f} ms | {_pct(ttft, 0.99) * 1e3:,.0f} ms | "
+              f"{_pct(lat, 0.5):.2f} s | {_pct(lat, 0.99):.2f} s | {st['decode_s']:.2f} ({steps}, "
+              f"{st['decode_s'] / steps * 1e3:.2f}, {st['decode_extent_steps'] / steps:.0f}) | "
+              f"{st['prefill_s']:.2f} ({st['prefills']}, {st['prefill_padded_tokens']:,}) |",
+              flush=True)
   finally:
-    eng.stop()
+    for eng in engines.values():
+      eng.stop()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -392,6 +408,9 @@ def main() -> None:
   p.add_argument("--engine", action="store_true",
                  help="gift's engine alone, in-process (no HTTP, no vLLM): closed-loop threads "
                       "at the highest --concurrency, --repeats runs of --requests requests")
+  p.add_argument("--overlap_prefill", choices=("off", "on", "both"), default="off",
+                 help="with --engine: prefills in turn with the decode chunks (gift serve's "
+                      "default), overlapping them, or both engines interleaved")
   args = p.parse_args()
   signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # servers are stopped on the way out
 

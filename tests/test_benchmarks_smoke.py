@@ -79,10 +79,12 @@ def test_bench_serve_tiny_runs_gift_offline_and_online(repo_root):
   assert re.search(r"\| 2 \| greedy \| [\d,]+ \| - \| - \|", out)
   rows = re.findall(r"\| (\d+) \| (\d+) \| gift \| [\d.]+ \| [\d,]+ \|.*\| (\d+) \|\n", out)
   assert [(c, n, errors) for c, n, errors in rows] == [("1", "2", "0"), ("3", "6", "0")]
-  # The engine alone, in-process: one row per repeat, with its tuned extents and stats.
+  # The engine alone, in-process: one row per repeat and schedule, with its tuned extents and
+  # stats.
   out = _run(repo_root, "bench_serve.py", "--engine", "--requests", "6", "--repeats", "1",
              "--concurrency", "3", "--prompt_len", "16", "40", "--new_tokens", "4", "8",
-             timeout=900)
+             "--overlap_prefill", "both", timeout=900)
   assert re.search(r"extents kept: \[[\d, ]+\]", out)
-  assert re.search(r"\| 3 \| 6 \| [\d,]+ \| [\d,]+ ms \|.*\| [\d.]+ \(\d+, [\d.]+, \d+\) \| "
-                   r"[\d.]+ \(\d+, [\d,]+\) \|", out)
+  rows = re.findall(r"\| 3 \| 6 \| (in turn|overlapped) \| [\d,]+ \| [\d,]+ ms \|.*\| "
+                    r"[\d.]+ \(\d+, [\d.]+, \d+\) \| [\d.]+ \(\d+, [\d,]+\) \|", out)
+  assert sorted(rows) == ["in turn", "overlapped"]
