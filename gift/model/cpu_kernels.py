@@ -25,6 +25,7 @@ import platform
 import shutil
 import subprocess
 import tempfile
+import threading
 from typing import Any
 
 import jax
@@ -85,9 +86,18 @@ def _build() -> str | None:
       os.remove(tmp)
 
 
-@functools.cache
+_LOCK = threading.Lock()
+
+
 def available() -> bool:
-  """True once the kernels are built and registered with XLA:CPU (tried once per process)."""
+  """True once the kernels are built and registered with XLA:CPU (tried once per process,
+  whichever thread asks first)."""
+  with _LOCK:
+    return _load()
+
+
+@functools.cache
+def _load() -> bool:
   if os.environ.get("GIFT_CPU_KERNELS", "1") == "0":
     return False
   path = _build()
