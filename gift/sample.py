@@ -35,6 +35,7 @@ import numpy as np
 
 import gift
 from gift.model import cpu_kernels, transformer
+from gift.model import layers as model_layers
 from gift.model.presets import ModelConfig
 
 Array = jax.Array
@@ -218,6 +219,17 @@ def _unstack_leafwise(params: dict) -> dict:
   return dict(params, layers=tuple(jax.tree.unflatten(treedef, leaves) for leaves in per_layer))
 
 
+def inference_params(params: dict, mesh: Any = None) -> dict:
+  """The parameters as `Sampler` and `gift serve`'s Engine decode with: one dict per layer
+  (`_unstack_leafwise`), and without a mesh of several devices, each layer's q/k/v and
+  gate/up weights fused into one matmul each (`layers.fuse_projections`; on a mesh they stay
+  apart, so each keeps the sharding gift/sharding.py gives it)."""
+  params = _unstack_leafwise(params)
+  if mesh is None or mesh.size == 1:
+    params["layers"] = tuple(model_layers.fuse_projections(p) for p in params["layers"])
+  return params
+
+
 class Sampler:
   """Samples completions from a gift model. See the module docstring.
 
@@ -255,7 +267,8 @@ class Sampler:
     else:
       params = jax.jit(lambda p: jax.tree.map(lambda x: x.astype(dtype), p),
                        out_shardings=shardings)(params)
-    self.params = _unstack_leafwise(params)  # device_put/jit made new dicts: the caller's is whole
+    # device_put/jit made new dicts: the caller's is whole
+    self.params = inference_params(params, mesh)
     self.batch_size = batch_size
 
   @classmethod

@@ -462,10 +462,43 @@ def _plus_bias(y: Array, p: dict, name: str) -> Array:
 
 def qkv(p: dict, x_btd: Array) -> tuple[Array, Array, Array]:
   """Projections (+ biases if any) of one layer's `p` = {q, k, v, ...} (unstacked), weights
-  cast to x's dtype."""
+  cast to x's dtype; or of {qkv, qkv_split, ...} (`fuse_projections`), one matmul."""
   dt = x_btd.dtype
+  if "qkv" in p:
+    y_btmh = _plus_bias(dense(x_btd, p["qkv"].astype(dt)), p, "qkv_bias")
+    n, k = p["qkv_split"].shape
+    return y_btmh[:, :, :n], y_btmh[:, :, n:n + k], y_btmh[:, :, n + k:]
   return tuple(_plus_bias(dense(x_btd, p[name].astype(dt)), p, f"{name}_bias")
                for name in ("q", "k", "v"))
+
+
+def _plain(*xs: Any) -> bool:
+  return all(isinstance(x, jax.Array) and x.dtype == xs[0].dtype for x in xs)
+
+
+def fuse_projections(layer: dict) -> dict:
+  """One unstacked layer's params for inference with q/k/v as one `qkv` weight [D, N+2K, H]
+  (plus `qkv_split`, an empty [N, K] array that keeps the split in the tree's shapes) and
+  gate/up as one `gate_up` [D, 2F], their biases likewise: a decode step then runs two matmuls
+  where it ran five. At 32 rows of gift serve's tiny Llama (d 256) on XLA:CPU the narrow
+  matmuls ran at about half the rate of the fused ones. Weights that are not plain arrays of
+  one dtype (LoRA, quantized) are left as they are."""
+  attn, mlp = dict(layer["attn"]), dict(layer["mlp"])
+  names = ("q", "k", "v")
+  biases = [f"{x}_bias" for x in names]
+  if _plain(*(attn[x] for x in names)) and (all(b in attn for b in biases)
+                                              or not any(b in attn for b in biases)):
+    n, k = attn["q"].shape[1], attn["k"].shape[1]
+    attn["qkv"] = jnp.concatenate([attn.pop(x) for x in names], axis=1)
+    attn["qkv_split"] = jnp.zeros((n, k), jnp.int8)
+    if biases[0] in attn:
+      attn["qkv_bias"] = jnp.concatenate([attn.pop(b) for b in biases], axis=0)
+  if "gate" in mlp and _plain(mlp["gate"], mlp["up"]) and (
+      ("gate_bias" in mlp) == ("up_bias" in mlp)):
+    mlp["gate_up"] = jnp.concatenate([mlp.pop("gate"), mlp.pop("up")], axis=1)
+    if "gate_bias" in mlp:
+      mlp["gate_up_bias"] = jnp.concatenate([mlp.pop("gate_bias"), mlp.pop("up_bias")])
+  return dict(layer, attn=attn, mlp=mlp)
 
 
 def out_proj(p: dict, y_btnh: Array) -> Array:
@@ -486,6 +519,11 @@ def gated_mlp(p: dict, x_btd: Array, activation: str) -> Array:
   """down(act(x @ gate) * (x @ up)) for one layer's `p` = {gate, up, down}; without `gate`,
   down(act(x @ up)) (a plain MLP); each plus its bias where `p` has one."""
   dt = x_btd.dtype
+  if "gate_up" in p:  # fuse_projections
+    both_btf = _plus_bias(dense(x_btd, p["gate_up"].astype(dt)), p, "gate_up_bias")
+    f = both_btf.shape[-1] // 2
+    return _plus_bias(dense(ACTIVATIONS[activation](both_btf[..., :f]) * both_btf[..., f:],
+                            p["down"].astype(dt)), p, "down_bias")
   up_btf = _plus_bias(dense(x_btd, p["up"].astype(dt)), p, "up_bias")
   if "gate" in p:
     gate_btf = _plus_bias(dense(x_btd, p["gate"].astype(dt)), p, "gate_bias")

@@ -70,7 +70,7 @@ import numpy as np
 
 from gift.model import cpu_kernels, transformer
 from gift.model.presets import ModelConfig
-from gift.sample import _nucleus_by_threshold, _unstack_leafwise, greedy_ids
+from gift.sample import _nucleus_by_threshold, greedy_ids, inference_params
 
 Array = jax.Array
 log = logging.getLogger(__name__)
@@ -487,7 +487,7 @@ class Engine:
     else:
       params = jax.jit(lambda p: jax.tree.map(lambda x: x.astype(dtype), p),
                        out_shardings=shardings)(params)
-    self.params = _unstack_leafwise(params)
+    self.params = inference_params(params, mesh)
     self._state = self._empty_state(self.extent_buckets[0])
     self.width = self.extent_buckets[0]
     self._slots: list[Choice | None] = [None] * self.max_batch

@@ -305,3 +305,45 @@ def test_attention_impl_errors_name_the_key():
   with pytest.raises(ValueError, match="attention_impl='cudnn' needs model.dtype bfloat16"):
     jax.eval_shape(lambda p: tr.apply(TINY.replace(attention_impl="cudnn"), p, tokens, positions),
                    tr.abstract_params(TINY))
+
+
+STARCODER_LIKE = TINY.replace(mlp_activation="gelu_tanh", norm_type="layer", mlp_gated=False,
+                              qkv_bias=True, o_bias=True, mlp_bias=True)
+
+
+@pytest.mark.parametrize("cfg", [TINY, SLIDING, STARCODER_LIKE, TINY.replace(mlp_bias=True)],
+                         ids=["llama", "sliding-qkv-bias", "plain-mlp-biases", "gated-biases"])
+def test_fused_projections_give_the_same_logits(cfg):
+  """sample.inference_params fuses q/k/v (and gate/up) per layer: same prefill and decode
+  logits, biases (made non-zero) included; a LoRA-wrapped weight is left as it is."""
+  from gift import lora, sample
+  from gift.model import layers
+  params = tr.init_params(cfg, jax.random.key(11))
+  leaves, treedef = jax.tree.flatten(params)
+  noise = jax.random.split(jax.random.key(12), len(leaves))
+  params = jax.tree.unflatten(treedef, [x + 0.1 * jax.random.normal(k, x.shape)
+                                        for x, k in zip(leaves, noise)])
+  copy = lambda: jax.tree.map(jnp.copy, params)
+  fused, split = sample.inference_params(copy()), sample._unstack_leafwise(copy())
+  layer = fused["layers"][0]
+  assert "qkv" in layer["attn"] and "q" not in layer["attn"]
+  assert ("qkv_bias" in layer["attn"]) == cfg.qkv_bias
+  assert ("gate_up" in layer["mlp"]) == cfg.mlp_gated
+  assert ("gate_up_bias" in layer["mlp"]) == (cfg.mlp_gated and cfg.mlp_bias)
+  tokens, positions = _tokens(2, 9, seed=13), _positions(2, 9)
+
+  def run(p):
+    cache = tr.init_cache(cfg, batch_size=2, max_len=12)
+    first, cache = tr.apply(cfg, p, tokens[:, :6], positions[:, :6], None, cache)
+    rest = [tr.apply(cfg, p, tokens[:, t:t + 1], positions[:, t:t + 1], None, cache)[0]
+            for t in range(6, 9)]  # (each from the same 6-token cache)
+    return jnp.concatenate([first] + rest, 1)
+
+  want = run(split)
+  assert float(jnp.abs(want).max()) > 1.0
+  np.testing.assert_allclose(run(fused), want, rtol=1e-5, atol=1e-5)
+  wrapped = dict(split["layers"][0], attn=dict(split["layers"][0]["attn"]))
+  wrapped["attn"]["q"] = lora.LoraWeight(wrapped["attn"]["q"], jnp.zeros((64, 2)),
+                                         jnp.zeros((2, 4, 16)))
+  kept = layers.fuse_projections(wrapped)
+  assert "qkv" not in kept["attn"] and kept["attn"]["q"] is wrapped["attn"]["q"]

@@ -11,6 +11,13 @@
 //   attr logit_cap f32      soft-capping of the scores (0: off)
 //   out  f32  [R, K, G, H]  softmax(q k^T) v; zeros for a row that sees nothing
 //
+// With AVX-512 (the library is built with -march=native) and H = 64, 128 or 256, each cache slot
+// is loaded once for all G queries of its kv head, the weights' exp is vectorized 16 at a time,
+// and G = 1 sums its output in registers (at 32 rows x 4 layers x 4 heads x 64 of a 2-core
+// EPYC: in-cache spans 2.4x faster than the portable loop below, GQA with G = 4 2.4x at spans of
+// 260 slots; at G = 1 and long spans both are bound by memory, ~30 GB/s, the AVX-512 path ~15%
+// ahead). Otherwise the portable loop runs: any H, any ISA.
+//
 // Work items are (row, kv head) pairs, spread over XLA's intra-op thread pool; each item is
 // computed start to end by one thread in a fixed order, so a row's result does not depend on
 // the other rows, the cache extent W or the thread count (greedy decoding gives the same tokens
@@ -23,6 +30,10 @@
 #include <memory>
 #include <mutex>
 #include <vector>
+
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
 
 #include "xla/ffi/api/ffi.h"
 
@@ -56,12 +67,132 @@ inline float Dot(const float* a, const float* b, int64_t n) {
   return acc[0];
 }
 
+#if defined(__AVX512F__)
+// exp of 16 floats (Cephes' expf: range reduction by ln 2 in two parts, a degree-6 polynomial,
+// 2^n by scalef; ~1 ulp), for the softmax weights. Inputs below -87 give exp(-87), ~1e-38: the
+// caller zeroes masked slots itself.
+inline __m512 Exp16(__m512 x) {
+  x = _mm512_max_ps(x, _mm512_set1_ps(-87.0f));
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+  __m512 y = _mm512_set1_ps(1.9875691500e-4f);
+  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(1.3981999507e-3f));
+  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(8.3334519073e-3f));
+  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(4.1665795894e-2f));
+  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(1.6666665459e-1f));
+  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(5.0000001201e-1f));
+  y = _mm512_fmadd_ps(y, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
+  return _mm512_scalef_ps(y, n);
+}
+
+// AttendItem for H = 16 * V with AVX-512: each key and value slot is loaded once for all G
+// queries; scores in blocks of 16 slots; the output accumulated unnormalized in registers (for
+// small G * V) and divided by the weights' sum at the end.
+template <int V>
+void AttendItem16(const Problem& p, int64_t item, std::vector<float>& scores) {
+  const int64_t r = item / p.heads;
+  const int64_t G = p.groups, W = p.width;
+  constexpr int64_t H = 16 * V;
+  const float* q = p.q + item * G * H;
+  float* out = p.out + item * G * H;
+  const int64_t lo = std::max<int64_t>(0, p.lo[r]);
+  const int64_t hi = std::min<int64_t>(W, p.hi[r]);
+  std::fill(out, out + G * H, 0.0f);
+  if (hi <= lo) return;
+  const int64_t n = hi - lo, n16 = (n + 15) / 16 * 16;
+  const bool* mask = p.mask + r * W + lo;
+  const float* k = p.k + (item * W + lo) * H;
+  const float* v = p.v + (item * W + lo) * H;
+  scores.resize(n16 * G + G);  // [G, n16] scores, then G sums of weights
+  float* sums = scores.data() + n16 * G;
+  for (int64_t j = 0; j < n; ++j) {
+    const float* kj = k + j * H;
+    for (int c = 0; c < V; ++c)
+      _mm_prefetch(reinterpret_cast<const char*>(kj + 8 * H + 16 * c), _MM_HINT_NTA);
+    __m512 kc[V];
+    for (int c = 0; c < V; ++c) kc[c] = _mm512_loadu_ps(kj + 16 * c);
+    for (int64_t g = 0; g < G; ++g) {
+      const float* qg = q + g * H;
+      __m512 acc = _mm512_mul_ps(_mm512_loadu_ps(qg), kc[0]);
+      for (int c = 1; c < V; ++c) acc = _mm512_fmadd_ps(_mm512_loadu_ps(qg + 16 * c), kc[c], acc);
+      scores[g * n16 + j] = _mm512_reduce_add_ps(acc);
+    }
+  }
+  for (int64_t g = 0; g < G; ++g) {
+    float* sg = scores.data() + g * n16;
+    if (p.cap > 0.0f)
+      for (int64_t j = 0; j < n; ++j) sg[j] = p.cap * std::tanh(sg[j] / p.cap);
+    __m512 top = _mm512_set1_ps(-INFINITY);
+    for (int64_t j = 0; j < n16; j += 16) {
+      const __mmask16 tail = j + 16 <= n ? 0xFFFF : (1u << (n - j)) - 1;
+      const __mmask16 live = _mm_mask_test_epi8_mask(
+          tail, _mm_maskz_loadu_epi8(tail, mask + j), _mm_set1_epi8(1));
+      const __m512 s = _mm512_mask_loadu_ps(_mm512_set1_ps(-INFINITY), live, sg + j);
+      _mm512_storeu_ps(sg + j, s);
+      top = _mm512_max_ps(top, s);
+    }
+    const __m512 m = _mm512_set1_ps(_mm512_reduce_max_ps(top));
+    __m512 total = _mm512_setzero_ps();
+    for (int64_t j = 0; j < n16; j += 16) {
+      const __m512 s = _mm512_loadu_ps(sg + j);
+      const __mmask16 live = _mm512_cmp_ps_mask(s, _mm512_set1_ps(-INFINITY), _CMP_NEQ_OQ);
+      const __m512 e = _mm512_maskz_mov_ps(live, Exp16(_mm512_sub_ps(s, m)));
+      _mm512_storeu_ps(sg + j, e);
+      total = _mm512_add_ps(total, e);
+    }
+    sums[g] = _mm512_reduce_add_ps(total);
+  }
+  // Values: each slot loaded once for all G queries; G = 1 keeps its sums in registers.
+  if (G == 1) {
+    __m512 acc[V];
+    for (int c = 0; c < V; ++c) acc[c] = _mm512_setzero_ps();
+    for (int64_t j = 0; j < n; ++j) {
+      const float* vj = v + j * H;
+      for (int c = 0; c < V; ++c)
+        _mm_prefetch(reinterpret_cast<const char*>(vj + 8 * H + 16 * c), _MM_HINT_NTA);
+      const __m512 w = _mm512_set1_ps(scores[j]);
+      for (int c = 0; c < V; ++c) acc[c] = _mm512_fmadd_ps(w, _mm512_loadu_ps(vj + 16 * c), acc[c]);
+    }
+    const __m512 inv = _mm512_set1_ps(1.0f / sums[0]);
+    for (int c = 0; c < V; ++c) _mm512_storeu_ps(out + 16 * c, _mm512_mul_ps(acc[c], inv));
+    return;
+  }
+  for (int64_t j = 0; j < n; ++j) {  // out holds the unnormalized sums (zeroed above)
+    const float* vj = v + j * H;
+    for (int c = 0; c < V; ++c)
+      _mm_prefetch(reinterpret_cast<const char*>(vj + 8 * H + 16 * c), _MM_HINT_NTA);
+    __m512 vc[V];
+    for (int c = 0; c < V; ++c) vc[c] = _mm512_loadu_ps(vj + 16 * c);
+    for (int64_t g = 0; g < G; ++g) {
+      const __m512 w = _mm512_set1_ps(scores[g * n16 + j]);
+      float* og = out + g * H;
+      for (int c = 0; c < V; ++c)
+        _mm512_storeu_ps(og + 16 * c, _mm512_fmadd_ps(w, vc[c], _mm512_loadu_ps(og + 16 * c)));
+    }
+  }
+  for (int64_t g = 0; g < G; ++g) {
+    const __m512 inv = _mm512_set1_ps(1.0f / sums[g]);
+    for (int c = 0; c < V; ++c)
+      _mm512_storeu_ps(out + g * H + 16 * c, _mm512_mul_ps(_mm512_loadu_ps(out + g * H + 16 * c), inv));
+  }
+}
+#endif
+
 // One (row, kv head): scores of all G queries against the span's keys, their softmax weights,
 // then one pass over the span's values. The cache is streamed with non-temporal prefetches
 // (8 slots ahead): on a busy step it is tens of MB read once, and left out of the shared cache
 // it evicts less of the weights the step's matmuls read next (decode step at 520 slots, 32
 // rows, 2-core EPYC: 7.0 -> 6.8 ms; a temporal prefetch made it slower, 7.5).
 void AttendItem(const Problem& p, int64_t item, std::vector<float>& scores) {
+#if defined(__AVX512F__)
+  switch (p.dim) {
+    case 64: return AttendItem16<4>(p, item, scores);
+    case 128: return AttendItem16<8>(p, item, scores);
+    case 256: return AttendItem16<16>(p, item, scores);
+  }
+#endif
   const int64_t r = item / p.heads;
   const int64_t G = p.groups, H = p.dim, W = p.width;
   const float* q = p.q + item * G * H;
