@@ -10,8 +10,9 @@ CPU (it is memory-bound), and rows are on average half full.
 
 The shared library goes to $GIFT_KERNEL_CACHE (default ~/.cache/gift/kernels), named by a hash
 of the source, the jaxlib version, the compiler command and the CPU's feature flags (it is
-built with -march=native), written to a temporary name and renamed: concurrent processes never
-load a half-written file.
+built with -march=native, plus $GIFT_KERNEL_FLAGS if set, e.g. "-mno-avx512f" for the
+portable path), written to a temporary name and renamed: concurrent processes never load a
+half-written file.
 """
 from __future__ import annotations
 
@@ -54,8 +55,9 @@ def _build() -> str | None:
     return None
   with open(_SOURCE, "rb") as f:
     source = f.read()
+  flags = [*_FLAGS, *os.environ.get("GIFT_KERNEL_FLAGS", "").split()]
   key = hashlib.sha256(b"\0".join([source, jax.lib.__version__.encode(), cxx.encode(),
-                                   " ".join(_FLAGS).encode(), _cpu_flags().encode()]))
+                                   " ".join(flags).encode(), _cpu_flags().encode()]))
   cache = os.environ.get("GIFT_KERNEL_CACHE",
                          os.path.join(os.path.expanduser("~"), ".cache", "gift", "kernels"))
   path = os.path.join(cache, f"decode_attention-{key.hexdigest()[:16]}.so")
@@ -69,7 +71,7 @@ def _build() -> str | None:
     log.warning("gift CPU kernels: cannot write to %s (%s; set GIFT_KERNEL_CACHE); using XLA's "
                 "ops", cache, e)
     return None
-  cmd = [cxx, *_FLAGS, "-I", jax.ffi.include_dir(), _SOURCE, "-o", tmp]
+  cmd = [cxx, *flags, "-I", jax.ffi.include_dir(), _SOURCE, "-o", tmp]
   try:
     run = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     if run.returncode != 0:
