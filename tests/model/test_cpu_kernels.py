@@ -140,3 +140,29 @@ def test_the_build_lands_whole_and_a_missing_compiler_falls_back(tmp_path):
                        capture_output=True, text=True, timeout=600,
                        env={**os.environ, "GIFT_KERNEL_CACHE": str(tmp_path / "file" / "k")})
   assert "available False" in run.stdout and "set GIFT_KERNEL_CACHE" in run.stdout, run.stderr
+
+
+_PORTABLE = """
+import numpy as np, jax
+from gift.model import layers
+q, k, v, mask = [np.load(f"{sys.argv[1]}/{x}.npy") for x in "qkvm"]
+run = jax.jit(lambda *a, impl: layers.attend_cached(*a, decode_impl=impl), static_argnames="impl")
+got, want = run(q, k, v, mask, impl="auto"), run(q, k, v, mask, impl="xla")
+seen = mask[:, 0].any(-1)
+np.testing.assert_allclose(np.asarray(got)[seen], np.asarray(want)[seen], atol=2e-6, rtol=1e-5)
+print("ok")
+"""
+
+
+def test_extra_build_flags_make_a_build_of_their_own_and_the_portable_loop_matches(tmp_path):
+  """GIFT_KERNEL_FLAGS joins the build (and the library's name): -mno-avx512f builds the loop
+  that CPUs without AVX-512 run, here checked at a head dim the AVX-512 path also takes."""
+  for x, a in zip("qkvm", _problem(4, g=3, h=64)):
+    np.save(tmp_path / f"{x}.npy", np.asarray(a))
+  env = {**os.environ, "GIFT_KERNEL_CACHE": str(tmp_path / "k")}
+  for flags in ("", "-mno-avx512f"):
+    run = subprocess.run([sys.executable, "-c", "import sys\n" + _PORTABLE, str(tmp_path)],
+                         capture_output=True, text=True, timeout=600,
+                         env={**env, "GIFT_KERNEL_FLAGS": flags})
+    assert run.returncode == 0 and "ok" in run.stdout, run.stderr[-3000:]
+  assert len(os.listdir(tmp_path / "k")) == 2

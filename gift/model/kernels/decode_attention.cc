@@ -67,6 +67,28 @@ inline float Dot(const float* a, const float* b, int64_t n) {
   return acc[0];
 }
 
+// One work item's operands, narrowed to its row's span [lo, hi) of n slots (out zeroed; n = 0:
+// the row sees nothing and out stays zero).
+struct Item {
+  const float* q;
+  const float* k;
+  const float* v;
+  const bool* mask;
+  float* out;
+  int64_t n;
+};
+
+Item Locate(const Problem& p, int64_t item) {
+  const int64_t r = item / p.heads;
+  const int64_t G = p.groups, H = p.dim, W = p.width;
+  const int64_t lo = std::max<int64_t>(0, p.lo[r]);
+  const int64_t hi = std::min<int64_t>(W, p.hi[r]);
+  Item it{p.q + item * G * H, p.k + (item * W + lo) * H, p.v + (item * W + lo) * H,
+          p.mask + r * W + lo, p.out + item * G * H, std::max<int64_t>(0, hi - lo)};
+  std::fill(it.out, it.out + G * H, 0.0f);
+  return it;
+}
+
 #if defined(__AVX512F__)
 // exp of 16 floats (Cephes' expf: range reduction by ln 2 in two parts, a degree-6 polynomial,
 // 2^n by scalef; ~1 ulp), for the softmax weights. Inputs below -87 give exp(-87), ~1e-38: the
@@ -92,19 +114,11 @@ inline __m512 Exp16(__m512 x) {
 // small G * V) and divided by the weights' sum at the end.
 template <int V>
 void AttendItem16(const Problem& p, int64_t item, std::vector<float>& scores) {
-  const int64_t r = item / p.heads;
-  const int64_t G = p.groups, W = p.width;
+  const int64_t G = p.groups;
   constexpr int64_t H = 16 * V;
-  const float* q = p.q + item * G * H;
-  float* out = p.out + item * G * H;
-  const int64_t lo = std::max<int64_t>(0, p.lo[r]);
-  const int64_t hi = std::min<int64_t>(W, p.hi[r]);
-  std::fill(out, out + G * H, 0.0f);
-  if (hi <= lo) return;
-  const int64_t n = hi - lo, n16 = (n + 15) / 16 * 16;
-  const bool* mask = p.mask + r * W + lo;
-  const float* k = p.k + (item * W + lo) * H;
-  const float* v = p.v + (item * W + lo) * H;
+  const auto [q, k, v, mask, out, n] = Locate(p, item);
+  if (n == 0) return;
+  const int64_t n16 = (n + 15) / 16 * 16;
   scores.resize(n16 * G + G);  // [G, n16] scores, then G sums of weights
   float* sums = scores.data() + n16 * G;
   for (int64_t j = 0; j < n; ++j) {
@@ -193,18 +207,9 @@ void AttendItem(const Problem& p, int64_t item, std::vector<float>& scores) {
     case 256: return AttendItem16<16>(p, item, scores);
   }
 #endif
-  const int64_t r = item / p.heads;
-  const int64_t G = p.groups, H = p.dim, W = p.width;
-  const float* q = p.q + item * G * H;
-  float* out = p.out + item * G * H;
-  const int64_t lo = std::max<int64_t>(0, p.lo[r]);
-  const int64_t hi = std::min<int64_t>(W, p.hi[r]);
-  std::fill(out, out + G * H, 0.0f);
-  if (hi <= lo) return;
-  const int64_t n = hi - lo;
-  const bool* mask = p.mask + r * W + lo;
-  const float* k = p.k + (item * W + lo) * H;
-  const float* v = p.v + (item * W + lo) * H;
+  const int64_t G = p.groups, H = p.dim;
+  const auto [q, k, v, mask, out, n] = Locate(p, item);
+  if (n == 0) return;
   scores.resize(n * G);  // [G, n]
   for (int64_t g = 0; g < G; ++g) {
     const float* qg = q + g * H;
