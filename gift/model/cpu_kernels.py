@@ -7,9 +7,6 @@ decode steps of `gift sample` and `gift serve`), reading each row's cache only o
 its mask selects (gift/model/kernels/decode_attention.cc). XLA's dense form reads all W slots
 of every row; at the cache extents of a busy server that read is most of a decode step on a
 CPU (it is memory-bound), and rows are on average half full.
-`prefill_attention`: T queries per row against the same cache (prefills and chunks), 16
-queries at a time over the union of their spans: a causal prompt's lower triangle, where XLA
-scores and exponentiates all T x W.
 
 The shared library goes to $GIFT_KERNEL_CACHE (default ~/.cache/gift/kernels), named by a hash
 of the source, the jaxlib version, the compiler command and the CPU's feature flags (it is
@@ -39,7 +36,6 @@ import numpy as np
 log = logging.getLogger(__name__)
 _SOURCE = os.path.join(os.path.dirname(__file__), "kernels", "decode_attention.cc")
 _TARGET = "gift_decode_attention"
-_PREFILL = "gift_prefill_attention"
 _FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-fno-math-errno")
 
 
@@ -113,8 +109,6 @@ def _load() -> bool:
     lib = ctypes.cdll.LoadLibrary(path)
     jax.ffi.register_ffi_target(_TARGET, jax.ffi.pycapsule(lib.GiftDecodeAttention),
                                 platform="cpu")
-    jax.ffi.register_ffi_target(_PREFILL, jax.ffi.pycapsule(lib.GiftPrefillAttention),
-                                platform="cpu")
   except Exception as e:  # a stale or foreign library: fall back, say why
     log.warning("gift CPU kernels: could not load %s (%s); using XLA's ops", path, e)
     return False
@@ -139,22 +133,6 @@ def decode_attention(q_bkgh: jax.Array, k_bkwh: jax.Array, v_bkwh: jax.Array,
   call = jax.ffi.ffi_call(_TARGET, jax.ShapeDtypeStruct(q_bkgh.shape, jnp.float32),
                           vmap_method="broadcast_all")
   return call(q_bkgh, k_bkwh, v_bkwh, mask_bw, lo_b, hi_b, logit_cap=np.float32(logit_cap))
-
-
-def prefill_attention(q_bkgth: jax.Array, k_bkwh: jax.Array, v_bkwh: jax.Array,
-                      mask_btw: jax.Array, logit_cap: float = 0.0) -> jax.Array:
-  """softmax(q k^T) v for T (scaled) queries per row and query head, [B, K, G, T, H], each over
-  the slots of the cache [B, K, W, H] its row of mask [B, T, W] sets; zeros for a query that
-  sees none. Visits only the slots in the union of 16 consecutive queries' spans (a causal
-  prompt's lower triangle)."""
-  w = mask_btw.shape[-1]
-  slot_w = jnp.arange(w, dtype=jnp.int32)
-  lo_bt = jnp.min(jnp.where(mask_btw, slot_w, w), axis=-1).astype(jnp.int32)
-  hi_bt = jnp.max(jnp.where(mask_btw, slot_w + 1, 0), axis=-1).astype(jnp.int32)
-  call = jax.ffi.ffi_call(_PREFILL, jax.ShapeDtypeStruct(q_bkgth.shape, jnp.float32),
-                          vmap_method="broadcast_all")
-  return call(q_bkgth, k_bkwh, v_bkwh, jnp.swapaxes(mask_btw, -1, -2), lo_bt, hi_bt,
-              logit_cap=np.float32(logit_cap))
 
 
 def for_mesh(cfg: Any, mesh: Any) -> Any:

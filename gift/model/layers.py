@@ -327,9 +327,8 @@ def attend_cached(q_btnh: Array, k_bksh: Array, v_bksh: Array, mask_bts: Array,
                   decode_impl: str = "auto") -> Array:
   """`attend` over a KV cache laid out [B, K, S, H] (transformer.KVCache): both products are
   batched over (B, K) with the cache as it lies, so no step copies or transposes the cache.
-  `decode_impl` (ModelConfig.decode_attention) "auto" lets cached attention take gift's CPU
-  kernels where they apply (cpu_kernels.use_decode_attention): one-token steps (T = 1) and
-  prefills (T > 1); "xla" never."""
+  `decode_impl` (ModelConfig.decode_attention) "auto" lets one-token steps (T = 1) take gift's
+  CPU kernel where it applies (cpu_kernels.use_decode_attention); "xla" never."""
   if decode_impl not in DECODE_IMPLS:
     raise ValueError(f"model.decode_attention={decode_impl!r}; expected one of {DECODE_IMPLS}")
   b, t, n, h = q_btnh.shape
@@ -344,12 +343,6 @@ def attend_cached(q_btnh: Array, k_bksh: Array, v_bksh: Array, mask_bts: Array,
     out_bkgh = cpu_kernels.decode_attention(q_bkgth[:, :, :, 0], k_bksh, v_bksh,
                                             mask_bts[:, 0], logit_cap)
     return out_bkgh.reshape(b, t, n, h)
-  if (t > 1 and decode_impl == "auto"
-      and cpu_kernels.use_decode_attention(q_bkgth, k_bksh, v_bksh)):
-    # A prefill on a CPU: 16 queries at a time over the union of their spans only (the lower
-    # triangle of a causal prompt), where XLA's form scores and exponentiates all T x S.
-    out_bkgth = cpu_kernels.prefill_attention(q_bkgth, k_bksh, v_bksh, mask_bts, logit_cap)
-    return out_bkgth.transpose(0, 3, 1, 2, 4).reshape(b, t, n, h)
   if t == 1:
     # Decoding: keys times queries, the cache as the left operand with its contracted axis
     # last. Written as queries times keys, XLA:CPU (under gift serve's vmap over slots) copied

@@ -36,12 +36,11 @@ class ModelConfig:
       on CPU in float32 with hand-written row-major gradients), "xla" or "cudnn"
       (`jax.nn.dot_product_attention`; "cudnn" is cuDNN flash attention on NVIDIA GPUs, bf16 or
       f16, causal work skipped). Decoding with a KV cache always uses "default".
-    decode_attention: attention against a KV cache (the prefills and decode steps of `gift
-      sample` and `gift serve`): "auto" (float32 on a CPU: gift's XLA:CPU custom calls, which
-      read each row's cache only over the slots its mask selects, and a prompt's lower
-      triangle only, gift/model/cpu_kernels.py; XLA's ops elsewhere, or where no C++
-      compiler built them) or "xla" (always XLA's ops). A custom call has no sharding rule:
-      samplers on a mesh of more than one device use "xla".
+    decode_attention: attention of one new token per row against a KV cache (the decode steps
+      of `gift sample` and `gift serve`): "auto" (float32 on a CPU: gift's XLA:CPU custom
+      call, which reads each row's cache only up to its length, gift/model/cpu_kernels.py;
+      XLA's ops elsewhere, or where no C++ compiler built it) or "xla" (always XLA's ops). A
+      custom call has no sharding rule: samplers on a mesh of more than one device use "xla".
 
   Per-family math (each field defaults to the Llama behaviour; a family is a preset, a set of
   these values, never a name tested in the code):

@@ -1,6 +1,6 @@
-"""gift's XLA:CPU attention kernels (gift/model/cpu_kernels.py: decode and prefill) against
-XLA's ops: ragged rows, GQA, sliding-window spans, soft-capping, empty rows, vmap; the switch
-that keeps meshes on XLA's ops; and the fallback when no compiler builds them."""
+"""gift's XLA:CPU decode-attention kernel (gift/model/cpu_kernels.py) against XLA's ops: ragged
+rows, GQA, sliding-window spans, soft-capping, empty rows, vmap; the switch that keeps meshes on
+XLA's ops; and the fallback when no compiler builds it."""
 import dataclasses
 import os
 import shutil
@@ -166,52 +166,3 @@ def test_extra_build_flags_make_a_build_of_their_own_and_the_portable_loop_match
                          env={**env, "GIFT_KERNEL_FLAGS": flags})
     assert run.returncode == 0 and "ok" in run.stdout, run.stderr[-3000:]
   assert len(os.listdir(tmp_path / "k")) == 2
-
-
-def _prefill_problem(seed, b=3, k=2, g=2, t=37, w=50, h=16):
-  """T queries per row at cache slots w - t .. w - 1 (an earlier chunk before them), causal,
-  a sliding window of 25, row 0 with 3 padding slots first, query 5 seeing nothing."""
-  rng = np.random.default_rng(seed)
-  q = rng.normal(size=(b, t, k * g, h)).astype(np.float32)
-  kv = [rng.normal(size=(b, k, w, h)).astype(np.float32) for _ in range(2)]
-  slot_q = np.arange(t)[None, :, None] + (w - t)
-  slot_kv = np.arange(w)[None, None]
-  seen = (slot_kv <= slot_q) & (slot_kv > slot_q - 25)
-  mask = np.broadcast_to(seen, (b, t, w)).copy()
-  mask[0, :, :3] = False
-  mask[:, min(5, t - 1), :] = False
-  return jnp.asarray(q), jnp.asarray(kv[0]), jnp.asarray(kv[1]), jnp.asarray(mask)
-
-
-@pytest.mark.parametrize("g,h,t", [(2, 16, 37), (1, 64, 100), (3, 128, 20), (4, 256, 33),
-                                   (2, 12, 19), (1, 7, 5)])
-@pytest.mark.parametrize("cap", [0.0, 5.0])
-def test_prefill_kernel_matches_xla(g, h, t, cap):
-  """Prompts and chunks (T > 1 queries per row): 16 queries per block, spans cut by causality,
-  a sliding window, padding, a query that sees nothing (zeros), T not a multiple of 16, odd H,
-  GQA, soft-capping; the HLO holds the custom call for "auto" only."""
-  q, k, v, mask = _prefill_problem(5, g=g, h=h, t=t, w=t + 13)
-  if cap:
-    q = q * 10.0
-  got, want = _both(q, k, v, mask, cap)
-  seen = np.asarray(mask.any(-1))
-  np.testing.assert_allclose(np.asarray(got)[seen], np.asarray(want)[seen], atol=3e-6, rtol=1e-5)
-  assert not np.asarray(got)[~seen].any()
-  lower = lambda impl: jax.jit(lambda *a: layers.attend_cached(*a, decode_impl=impl)).lower(
-      q, k, v, mask).as_text()
-  assert "gift_prefill_attention" in lower("auto")
-  assert "gift_prefill_attention" not in lower("xla")
-
-
-def test_a_prefill_query_does_not_depend_on_its_block_or_the_padding():
-  """A query's output is the same bit for bit whether its row is left- or right-padded, and
-  whatever the other queries of its block of 16 see."""
-  q, k, v, mask = _prefill_problem(6, b=1, t=24, w=24)
-  got, _ = _both(q, k, v, mask)
-  shift = 8  # the same keys and values 8 slots later, the first 8 slots masked padding
-  pad = lambda x: jnp.concatenate([jnp.ones_like(x[:, :, :shift]), x], axis=2)
-  mask_shifted = jnp.concatenate([jnp.zeros_like(mask[:, :, :shift]), mask], axis=2)
-  got_shifted, _ = _both(q, pad(k), pad(v), mask_shifted)
-  np.testing.assert_array_equal(got_shifted, got)
-  alone, _ = _both(q[:, 17:18], k, v, mask[:, 17:18])  # one query alone: the decode kernel
-  np.testing.assert_allclose(alone, got[:, 17:18], atol=1e-6, rtol=1e-6)

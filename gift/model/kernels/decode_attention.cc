@@ -1,5 +1,5 @@
-// Attention over a KV cache for XLA:CPU (XLA FFI custom calls; built and registered by
-// gift/model/cpu_kernels.py). Decode (gift_decode_attention): One query token per row, each row reading only the cache span
+// Decode attention over a KV cache for XLA:CPU (an XLA FFI custom call; built and registered by
+// gift/model/cpu_kernels.py). One query token per row, each row reading only the cache span
 // [lo, hi) that its mask can select, so a batch of short and long sequences costs the sum of
 // their lengths instead of rows x cache extent (XLA's dense form reads every slot).
 //
@@ -17,12 +17,6 @@
 // EPYC: in-cache spans 2.4x faster than the portable loop below, GQA with G = 4 2.4x at spans of
 // 260 slots; at G = 1 and long spans both are bound by memory, ~30 GB/s, the AVX-512 path ~15%
 // ahead). Otherwise the portable loop runs: any H, any ISA.
-//
-// A second target, gift_prefill_attention, takes T queries per row (a prompt or a chunk), each
-// with its own mask row: q/out [R, K, G, T, H], mask transposed to [R, W, T], lo/hi [R, T]
-// (see PrefillProblem below). 16 consecutive queries share a work item and visit the union of
-// their spans only: a causal prompt costs its lower triangle (at 416 tokens, 4 heads of 64:
-// 2.4x faster than XLA's form; GQA 512 tokens, 8 kv heads x 4 of 128: 3x).
 //
 // Work items are (row, kv head) pairs, spread over XLA's intra-op thread pool; each item is
 // computed start to end by one thread in a fixed order, so a row's result does not depend on
@@ -242,184 +236,24 @@ void AttendItem(const Problem& p, int64_t item, std::vector<float>& scores) {
   }
 }
 
-// Prefill: T query tokens per row (a prompt, or a chunk of one), each with its own mask row.
-// Work items are (row, kv head, query head, block of 16 queries); the block's 16 queries are the
-// 16 lanes of every vector: scores against a slot are 16 dot products computed as H broadcast
-// FMAs (no horizontal sums), the softmax runs down the slots per lane, and the values are
-// summed the same way. Only the slots in the union of the block's spans are visited, so a
-// causal prompt costs its lower triangle (XLA's form computes and exponentiates all T x S).
-constexpr int64_t kLanes = 16;
-
-struct PrefillProblem {
-  const float* q;       // [R, K, G, T, H], already scaled
-  const float* k;       // [R, K, W, H]
-  const float* v;       // [R, K, W, H]
-  const bool* mask_t;   // [R, W, T]: which queries see each slot (the mask, transposed)
-  const int32_t* lo;    // [R, T]: first slot the query sees (W: none)
-  const int32_t* hi;    // [R, T]: one past the last (0: none)
-  float* out;           // [R, K, G, T, H]
-  int64_t rows, heads, groups, steps, width, dim;
-  float cap;
-
-  int64_t Blocks() const { return (steps + kLanes - 1) / kLanes; }
-  int64_t Items() const { return rows * heads * groups * Blocks(); }
-  void Run(int64_t item, std::vector<float>& buf) const;
-};
-
-// exp(x - m) per lane, 0 where x is -inf (a slot the query does not see).
-inline void ExpLanes(float* x, const float* m, float* sum) {
-#if defined(__AVX512F__)
-  const __m512 xv = _mm512_loadu_ps(x);
-  const __mmask16 live = _mm512_cmp_ps_mask(xv, _mm512_set1_ps(-INFINITY), _CMP_NEQ_OQ);
-  const __m512 e = _mm512_maskz_mov_ps(live, Exp16(_mm512_sub_ps(xv, _mm512_loadu_ps(m))));
-  _mm512_storeu_ps(x, e);
-  _mm512_storeu_ps(sum, _mm512_add_ps(_mm512_loadu_ps(sum), e));
-#else
-  for (int64_t i = 0; i < kLanes; ++i) {
-    x[i] = x[i] == -INFINITY ? 0.0f : std::exp(x[i] - m[i]);
-    sum[i] += x[i];
-  }
-#endif
-}
-
-void PrefillProblem::Run(int64_t item, std::vector<float>& buf) const {
-  const int64_t T = steps, H = dim, W = width;
-  const int64_t block = item % Blocks(), head = item / Blocks();  // head: (r, kv head, g)
-  const int64_t rk = head / groups, r = rk / heads;
-  const int64_t t0 = block * kLanes, nt = std::min<int64_t>(kLanes, T - t0);
-  const float* qb = q + (head * T + t0) * H;
-  float* ob = out + (head * T + t0) * H;
-  std::fill(ob, ob + nt * H, 0.0f);
-  int64_t first = W, last = 0;
-  for (int64_t i = 0; i < nt; ++i) {
-    const int64_t a = std::max<int64_t>(0, lo[r * T + t0 + i]);
-    const int64_t b = std::min<int64_t>(W, hi[r * T + t0 + i]);
-    if (b > a) first = std::min(first, a), last = std::max(last, b);
-  }
-  if (last <= first) return;
-  const int64_t n = last - first;
-  const float* kb = k + (rk * W + first) * H;
-  const float* vb = v + (rk * W + first) * H;
-  const bool* mb = mask_t + (r * W + first) * T + t0;  // slot j's row: mb + j * T
-  buf.resize((2 * H + n) * kLanes);
-  float* qt = buf.data();         // [H, 16]: the block's queries, lanes = queries
-  float* sc = qt + H * kLanes;    // [n, 16]: scores, then softmax weights
-  float* ot = sc + n * kLanes;    // [H, 16]: the block's outputs, unnormalized
-  for (int64_t d = 0; d < H; ++d)
-    for (int64_t i = 0; i < kLanes; ++i) qt[d * kLanes + i] = i < nt ? qb[i * H + d] : 0.0f;
-  float top[kLanes], sum[kLanes];
-  std::fill(top, top + kLanes, -INFINITY);
-  std::fill(sum, sum + kLanes, 0.0f);
-#if defined(__AVX512F__)
-  const __mmask16 block_lanes = static_cast<__mmask16>((1u << nt) - 1);
-  __m512 topv = _mm512_set1_ps(-INFINITY);
-  for (int64_t j = 0; j < n; ++j) {
-    const float* kj = kb + j * H;
-    __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();  // two chains, then summed
-    int64_t d = 0;
-    for (; d + 1 < H; d += 2) {
-      acc0 = _mm512_fmadd_ps(_mm512_loadu_ps(qt + d * kLanes), _mm512_set1_ps(kj[d]), acc0);
-      acc1 = _mm512_fmadd_ps(_mm512_loadu_ps(qt + (d + 1) * kLanes), _mm512_set1_ps(kj[d + 1]),
-                             acc1);
-    }
-    if (d < H)
-      acc0 = _mm512_fmadd_ps(_mm512_loadu_ps(qt + d * kLanes), _mm512_set1_ps(kj[d]), acc0);
-    __m512 x = _mm512_add_ps(acc0, acc1);
-    if (cap > 0.0f) {
-      alignas(64) float lane[kLanes];
-      _mm512_store_ps(lane, x);
-      for (int64_t i = 0; i < kLanes; ++i) lane[i] = cap * std::tanh(lane[i] / cap);
-      x = _mm512_load_ps(lane);
-    }
-    const __mmask16 live = _mm_mask_test_epi8_mask(
-        block_lanes, _mm_maskz_loadu_epi8(block_lanes, mb + j * T), _mm_set1_epi8(1));
-    x = _mm512_mask_mov_ps(_mm512_set1_ps(-INFINITY), live, x);
-    _mm512_storeu_ps(sc + j * kLanes, x);
-    topv = _mm512_max_ps(topv, x);
-  }
-  _mm512_storeu_ps(top, topv);
-#else
-  for (int64_t j = 0; j < n; ++j) {
-    float acc[kLanes] = {};
-    const float* kj = kb + j * H;
-    for (int64_t d = 0; d < H; ++d) {
-      const float kd = kj[d];
-      for (int64_t i = 0; i < kLanes; ++i) acc[i] += qt[d * kLanes + i] * kd;
-    }
-    const bool* mj = mb + j * T;
-    float* sj = sc + j * kLanes;
-    for (int64_t i = 0; i < kLanes; ++i) {
-      float x = acc[i];
-      if (cap > 0.0f) x = cap * std::tanh(x / cap);
-      sj[i] = (i < nt && mj[i]) ? x : -INFINITY;
-      top[i] = std::max(top[i], sj[i]);
-    }
-  }
-#endif
-  for (int64_t i = 0; i < kLanes; ++i) top[i] = top[i] == -INFINITY ? 0.0f : top[i];
-  for (int64_t j = 0; j < n; ++j) ExpLanes(sc + j * kLanes, top, sum);
-  // Values: 8 output dims at a time, their 8 x 16 sums in registers across all n slots.
-  constexpr int64_t kDims = 8;
-#if defined(__AVX512F__)
-  if (H % kDims == 0) {
-    for (int64_t d0 = 0; d0 < H; d0 += kDims) {
-      __m512 acc[kDims];
-      for (int64_t e = 0; e < kDims; ++e) acc[e] = _mm512_setzero_ps();
-      for (int64_t j = 0; j < n; ++j) {
-        const __m512 w = _mm512_loadu_ps(sc + j * kLanes);
-        const float* vj = vb + j * H + d0;
-        for (int64_t e = 0; e < kDims; ++e)
-          acc[e] = _mm512_fmadd_ps(w, _mm512_set1_ps(vj[e]), acc[e]);
-      }
-      for (int64_t e = 0; e < kDims; ++e) _mm512_storeu_ps(ot + (d0 + e) * kLanes, acc[e]);
-    }
-  } else
-#endif
-  for (int64_t d0 = 0; d0 < H; d0 += kDims) {
-    const int64_t nd = std::min<int64_t>(kDims, H - d0);
-    float acc[kDims][kLanes] = {};
-    for (int64_t j = 0; j < n; ++j) {
-      const float* sj = sc + j * kLanes;
-      const float* vj = vb + j * H + d0;
-      for (int64_t e = 0; e < kDims; ++e) {
-        const float vd = e < nd ? vj[e] : 0.0f;
-        for (int64_t i = 0; i < kLanes; ++i) acc[e][i] += sj[i] * vd;
-      }
-    }
-    for (int64_t e = 0; e < nd; ++e)
-      for (int64_t i = 0; i < kLanes; ++i) ot[(d0 + e) * kLanes + i] = acc[e][i];
-  }
-  for (int64_t i = 0; i < nt; ++i) {
-    const float inv = sum[i] > 0.0f ? 1.0f / sum[i] : 0.0f;
-    for (int64_t d = 0; d < H; ++d) ob[i * H + d] = ot[d * kLanes + i] * inv;
-  }
-}
-
-struct DecodeProblem {
-  Problem p;
-  int64_t Items() const { return p.rows * p.heads; }
-  void Run(int64_t item, std::vector<float>& buf) const { AttendItem(p, item, buf); }
-};
-
 // Items are taken from a shared counter by the calling thread and by up to (threads - 1) pool
 // tasks; the caller returns once every item is done. A task that starts after the work is gone
 // takes nothing, so the call never waits on a task that has not started (no deadlock when the
 // pool is busy), and the shared state outlives the call through the tasks' shared_ptr.
-template <typename P>
 struct Shared {
-  explicit Shared(const P& p) : p(p) {}
-  P p;
+  explicit Shared(const Problem& p) : p(p) {}
+  Problem p;
   std::atomic<int64_t> next{0};
   std::atomic<int64_t> done{0};
   std::mutex mu;
   std::condition_variable cv;
 
   void Work() {
-    std::vector<float> buf;
-    const int64_t items = p.Items();
+    std::vector<float> scores;
+    const int64_t items = p.rows * p.heads;
     int64_t mine = 0;
     for (int64_t i; (i = next.fetch_add(1)) < items;) {
-      p.Run(i, buf);
+      AttendItem(p, i, scores);
       ++mine;
     }
     if (mine && done.fetch_add(mine) + mine == items) {
@@ -428,18 +262,6 @@ struct Shared {
     }
   }
 };
-
-template <typename P>
-void RunItems(ffi::ThreadPool& pool, const P& problem) {
-  const int64_t items = problem.Items();
-  if (items == 0) return;
-  auto shared = std::make_shared<Shared<P>>(problem);
-  const int64_t helpers = std::min<int64_t>(pool.num_threads(), items) - 1;
-  for (int64_t t = 0; t < helpers; ++t) pool.Schedule([shared] { shared->Work(); });
-  shared->Work();
-  std::unique_lock<std::mutex> lock(shared->mu);
-  shared->cv.wait(lock, [&] { return shared->done.load() == items; });
-}
 
 ffi::Error DecodeAttention(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q,
                            ffi::Buffer<ffi::F32> k, ffi::Buffer<ffi::F32> v,
@@ -470,60 +292,20 @@ ffi::Error DecodeAttention(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q,
   p.hi = hi.typed_data();
   p.out = out->typed_data();
   p.cap = logit_cap;
-  RunItems(pool, DecodeProblem{p});
-  return ffi::Error::Success();
-}
-
-ffi::Error PrefillAttention(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q,
-                            ffi::Buffer<ffi::F32> k, ffi::Buffer<ffi::F32> v,
-                            ffi::Buffer<ffi::PRED> mask_t, ffi::Buffer<ffi::S32> lo,
-                            ffi::Buffer<ffi::S32> hi, float logit_cap,
-                            ffi::ResultBuffer<ffi::F32> out) {
-  auto kd = k.dimensions(), qd = q.dimensions();
-  if (kd.size() < 3 || qd.size() < 4)
-    return ffi::Error::InvalidArgument("prefill_attention: q needs rank >= 4, k rank >= 3");
-  PrefillProblem p;
-  p.heads = kd[kd.size() - 3];
-  p.width = kd[kd.size() - 2];
-  p.dim = kd[kd.size() - 1];
-  p.groups = qd[qd.size() - 3];
-  p.steps = qd[qd.size() - 2];
-  p.rows = static_cast<int64_t>(k.element_count()) / (p.heads * p.width * p.dim);
-  if (qd[qd.size() - 1] != p.dim || qd[qd.size() - 4] != p.heads ||
-      static_cast<int64_t>(q.element_count()) !=
-          p.rows * p.heads * p.groups * p.steps * p.dim ||
-      v.element_count() != k.element_count() ||
-      static_cast<int64_t>(mask_t.element_count()) != p.rows * p.width * p.steps ||
-      static_cast<int64_t>(lo.element_count()) != p.rows * p.steps ||
-      static_cast<int64_t>(hi.element_count()) != p.rows * p.steps)
-    return ffi::Error::InvalidArgument("prefill_attention: inconsistent operand shapes");
-  p.q = q.typed_data();
-  p.k = k.typed_data();
-  p.v = v.typed_data();
-  p.mask_t = mask_t.typed_data();
-  p.lo = lo.typed_data();
-  p.hi = hi.typed_data();
-  p.out = out->typed_data();
-  p.cap = logit_cap;
-  RunItems(pool, p);
+  const int64_t items = p.rows * p.heads;
+  if (items == 0) return ffi::Error::Success();
+  auto shared = std::make_shared<Shared>(p);
+  const int64_t helpers = std::min<int64_t>(pool.num_threads(), items) - 1;
+  for (int64_t t = 0; t < helpers; ++t) pool.Schedule([shared] { shared->Work(); });
+  shared->Work();
+  std::unique_lock<std::mutex> lock(shared->mu);
+  shared->cv.wait(lock, [&] { return shared->done.load() == items; });
   return ffi::Error::Success();
 }
 
 }  // namespace
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(GiftDecodeAttention, DecodeAttention,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::PRED>>()
-                                  .Arg<ffi::Buffer<ffi::S32>>()
-                                  .Arg<ffi::Buffer<ffi::S32>>()
-                                  .Attr<float>("logit_cap")
-                                  .Ret<ffi::Buffer<ffi::F32>>());
-
-XLA_FFI_DEFINE_HANDLER_SYMBOL(GiftPrefillAttention, PrefillAttention,
                               ffi::Ffi::Bind()
                                   .Ctx<ffi::ThreadPool>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
