@@ -70,10 +70,14 @@ NUCLEUS_CANDIDATES = 256  # the nucleus is looked for among the top ids first (s
 def greedy_ids(logits_bv: Array) -> Array:
   """int32 [B]: each row's argmax (the first id of the largest logit, as `jnp.argmax`). XLA:CPU
   runs `argmax` as a scalar (value, index) reduction, ~0.57 ms for [32, 8000]; the row max and
-  then the first position equal to it are two vectorized reductions, ~0.19 ms (a row of NaNs
-  gives id 0, jnp.argmax the NaN's id: never a real token either way)."""
+  then the least id where the row equals it are two vectorized reductions (0.26-0.30 ms vs
+  0.36-0.40 for max then `argmax` of the equality mask, benchmarks of BENCHMARKS.md Round 9).
+  A row of NaNs gives id 0 (jnp.argmax: the NaN's id): never a real token either way."""
+  vocab = logits_bv.shape[-1]
   max_b1 = jnp.max(logits_bv, axis=-1, keepdims=True)
-  return jnp.argmax(logits_bv == max_b1, axis=-1).astype(jnp.int32)
+  first_b = jnp.min(jnp.where(logits_bv == max_b1, jnp.arange(vocab, dtype=jnp.int32), vocab),
+                    axis=-1)
+  return jnp.where(first_b == vocab, 0, first_b).astype(jnp.int32)
 
 
 def sample_logits(logits_bv: Array, keys_b: Array, step: Array, temperature: Array,

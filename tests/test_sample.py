@@ -131,10 +131,14 @@ def test_greedy_ids_is_argmax_with_its_tie_rule():
   logits[3, [7, 500]] = 10.0  # ties: the first id wins, as in jnp.argmax
   logits[4, :] = 0.0
   logits[5, [999, 0]] = [5.0, 5.0]
+  logits[6, :] = -np.inf
+  logits[7, 998:] = [1e30, np.inf]  # the last id
+  logits[8, :] = np.nan  # no largest logit: id 0
   got = np.asarray(sample.greedy_ids(jnp.asarray(logits)))
   assert got.dtype == np.int32
   np.testing.assert_array_equal(got, np.asarray(jnp.argmax(logits, axis=-1)))
-  assert got[3] == 7 and got[4] == 0 and got[5] == 0
+  assert got[3] == 7 and got[4] == 0 and got[5] == 0 and got[6] == 0 and got[7] == 999
+  assert got[8] == 0
 
 
 def test_sample_logits_keeps_only_top_k_and_nucleus():
