@@ -10,8 +10,10 @@ a 2 GiB KV cache.
 
 Online: both servers on 127.0.0.1 at once, one load generator (threads, streaming requests of
 token-id prompts, `ignore_eos`, usage from the last chunk); per concurrency level, gift and vLLM
-take turns on the same requests (the order alternating between levels). Reports requests/s,
-output tokens/s, time to first token and request latency (p50/p99), and the gift/vLLM ratio.
+take turns on the same requests, `--online_windows` runs each (the order rotating every window
+and level; these VMs' speed drifts by up to 2x within minutes). Reports the median over windows
+of requests/s, output tokens/s, time to first token and request latency (p50/p99), the
+gift/vLLM ratio of the medians, and each window's tokens/s and ratio.
 Offline: one child process per library (gift: `Sampler.generate_ids`; vLLM: `LLM.generate` with
 `TokensPrompt`, no detokenization), each batch run `--repeats` times per window, windows
 alternating between the two; the median window's best time is reported.
@@ -399,6 +401,8 @@ def main() -> None:
   p.add_argument("--offline_new_tokens", type=int, default=128)
   p.add_argument("--windows", type=int, default=3, help="alternating offline windows")
   p.add_argument("--repeats", type=int, default=2, help="timed runs per offline window")
+  p.add_argument("--online_windows", type=int, default=3,
+                 help="alternating runs per server and concurrency level (medians reported)")
   p.add_argument("--skip_offline", action="store_true")
   p.add_argument("--skip_online", action="store_true")
   p.add_argument("--no_vllm", action="store_true")
@@ -510,7 +514,7 @@ def main() -> None:
       print("| concurrency | requests | server | req/s | output tok/s | TTFT p50 | TTFT p99 | "
             "latency p50 | latency p99 | errors |")
       print("|---|---|---|---|---|---|---|---|---|---|")
-      names = list(servers)
+      names, by_window = list(servers), []
       for level, conc in enumerate(args.concurrency):
         n = args.c1_requests if conc == 1 else args.requests
         prompts = make_prompts(n, *args.prompt_len, seed=100 + conc)
@@ -518,22 +522,41 @@ def main() -> None:
         max_tokens = [int(x) for x in rng.integers(args.new_tokens[0], args.new_tokens[1] + 1,
                                                    size=n)]
         warm = min(len(prompts), max(8, conc))
-        got = {}
-        for name in names[level % len(names):] + names[:level % len(names)]:
+        runs = {name: [] for name in names}
+        for name in names:
           load_run(servers[name][0], prompts[:warm], [8] * warm, conc)  # warm-up shapes
-          got[name] = load_run(servers[name][0], prompts, max_tokens, conc)
+        # Windows alternate the servers (the order rotating each window and level): the
+        # machine's speed drifts by up to 2x within minutes, so one run per server can
+        # measure the drift instead of the servers. Each figure is the median over windows.
+        for w in range(args.online_windows):
+          k = (level + w) % len(names)
+          for name in names[k:] + names[:k]:
+            runs[name].append(load_run(servers[name][0], prompts, max_tokens, conc))
+        got = {name: {key: statistics.median(r[key] for r in rs) for key in
+                      ("req_s", "tok_s", "ttft_p50", "ttft_p99", "lat_p50", "lat_p99")}
+               for name, rs in runs.items()}
         for name, r in got.items():
+          errors = sum(x["errors"] for x in runs[name])
           print(f"| {conc} | {n} | {name} | {r['req_s']:.2f} | {r['tok_s']:,.0f} | "
                 f"{r['ttft_p50'] * 1e3:,.0f} ms | {r['ttft_p99'] * 1e3:,.0f} ms | "
-                f"{r['lat_p50']:.2f} s | {r['lat_p99']:.2f} s | {r['errors']} |", flush=True)
-          if r["errors"]:
-            print(f"  first error ({name}): {r['first_error'][0]}")
+                f"{r['lat_p50']:.2f} s | {r['lat_p99']:.2f} s | {errors} |", flush=True)
+          first = next((x["first_error"][0] for x in runs[name] if x["errors"]), None)
+          if first:
+            print(f"  first error ({name}): {first}")
         if "vllm" in got:
           g, v = got["gift"], got["vllm"]
           print(f"| {conc} | | gift / vLLM | {g['req_s'] / v['req_s']:.2f}x | "
                 f"{g['tok_s'] / v['tok_s']:.2f}x | {g['ttft_p50'] / v['ttft_p50']:.2f}x | "
                 f"{g['ttft_p99'] / v['ttft_p99']:.2f}x | {g['lat_p50'] / v['lat_p50']:.2f}x | "
                 f"{g['lat_p99'] / v['lat_p99']:.2f}x | |", flush=True)
+        by_window.append((conc, runs))
+      for conc, runs in by_window:  # the spread behind the medians
+        line = "; ".join(f"{name} " + " / ".join(f"{r['tok_s']:,.0f}" for r in rs)
+                         for name, rs in runs.items())
+        if "vllm" in runs:
+          line += "; gift / vLLM by window " + " / ".join(
+              f"{g['tok_s'] / v['tok_s']:.2f}x" for g, v in zip(runs["gift"], runs["vllm"]))
+        print(f"- concurrency {conc}, output tok/s by window: {line}")
     finally:
       for _port, proc in servers.values():
         proc.terminate()

@@ -75,10 +75,14 @@ def test_bench_serve_tiny_runs_gift_offline_and_online(repo_root):
   out = _run(repo_root, "bench_serve.py", "--no_vllm", "--offline_batches", "2", "--windows",
              "1", "--repeats", "1", "--offline_new_tokens", "8", "--requests", "6",
              "--c1_requests", "2", "--concurrency", "1", "3", "--prompt_len", "16", "40",
-             "--new_tokens", "4", "8", timeout=900)
+             "--new_tokens", "4", "8", "--online_windows", "2", timeout=900)
   assert re.search(r"\| 2 \| greedy \| [\d,]+ \| - \| - \|", out)
   rows = re.findall(r"\| (\d+) \| (\d+) \| gift \| [\d.]+ \| [\d,]+ \|.*\| (\d+) \|\n", out)
   assert [(c, n, errors) for c, n, errors in rows] == [("1", "2", "0"), ("3", "6", "0")]
+  # Each level's median over 2 alternating windows, with the windows' own figures listed.
+  windows = re.findall(r"- concurrency (\d+), output tok/s by window: gift ([\d,]+) / ([\d,]+)\n",
+                       out)
+  assert [c for c, *_ in windows] == ["1", "3"]
   # The engine alone, in-process: one row per repeat and schedule, with its tuned extents and
   # stats.
   out = _run(repo_root, "bench_serve.py", "--engine", "--requests", "6", "--repeats", "1",
