@@ -317,10 +317,43 @@ def load_run(port: int, prompts: list[list[int]], max_tokens: list[int], concurr
               lat_p99=_pct(lat, 0.99))
 
 
+def _thread_cpu() -> dict[str, tuple[str, float]]:
+  """CPU seconds of each thread of this process ({} where /proc is missing): thread id ->
+  (name, user + system seconds)."""
+  out = {}
+  try:
+    tids = os.listdir("/proc/self/task")
+  except OSError:
+    return out
+  for tid in tids:
+    try:
+      with open(f"/proc/self/task/{tid}/stat", encoding="utf-8") as f:
+        stat = f.read()
+    except OSError:
+      continue
+    name, fields = stat[stat.index("(") + 1:stat.rindex(")")], stat[stat.rindex(")") + 2:].split()
+    out[tid] = (name, (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK"))
+  return out
+
+
+def _cpu_split(before: dict, after: dict) -> tuple[float, float]:
+  """(CPU seconds of XLA's intra-op pool threads, of every other thread) between two
+  `_thread_cpu` snapshots; XLA:CPU's pool threads are named tf_XLAEigen."""
+  pool = other = 0.0
+  for tid, (name, sec) in after.items():
+    d = sec - before.get(tid, (name, 0.0))[1]
+    if "Eigen" in name:
+      pool += d
+    else:
+      other += d
+  return pool, other
+
+
 def engine_run(ckpt: str, args) -> None:
   """gift's engine alone, in this process (no HTTP, no vLLM): closed-loop client threads at the
   highest concurrency level, `--requests` requests from the online distribution; prints
-  output tokens/s, latencies and where the engine thread's time went (`Engine.stats`). With
+  output tokens/s, latencies, where the engine thread's time went (`Engine.stats`), how busy
+  XLA's intra-op threads kept the cores and the CPU time of every other thread. With
   `--overlap_prefill both`, one engine per schedule (prefills in turn with the decode chunks,
   or overlapping them on a thread), the runs interleaved."""
   import numpy as np
@@ -343,8 +376,9 @@ def engine_run(ckpt: str, args) -> None:
         f"extent at {first.max_batch} slots: {times}; extents kept: {kept})\n")
   print("| concurrency | requests | prefills | output tok/s | TTFT p50 | TTFT p99 | latency p50 "
         "| latency p99 | decode s (steps, ms/step, mean extent) "
-        "| prefill s (calls, padded tokens) |")
-  print("|---|---|---|---|---|---|---|---|---|---|")
+        "| prefill s (calls, padded tokens) | XLA pool busy | other threads |")
+  print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+  cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
   for eng in engines.values():
     eng.start()
   try:
@@ -365,7 +399,9 @@ def engine_run(ckpt: str, args) -> None:
           return c.first_token_at - c.arrived, time.perf_counter() - start, len(c.ids)
 
         eng.stats.clear()
+        cpu0 = _thread_cpu()
         results, errors, wall = closed_loop(n, conc, request)
+        pool_s, other_s = _cpu_split(cpu0, _thread_cpu())
         st = eng.stats
         if errors:
           raise RuntimeError(f"{len(errors)} of {n} requests failed, the first: {errors[0]}")
@@ -378,7 +414,8 @@ def engine_run(ckpt: str, args) -> None:
               f"{_pct(ttft, 0.5) * 1e3:,.0f} ms | {_pct(ttft, 0.99) * 1e3:,.0f} ms | "
               f"{_pct(lat, 0.5):.2f} s | {_pct(lat, 0.99):.2f} s | {st['decode_s']:.2f} ({steps}, "
               f"{st['decode_s'] / steps * 1e3:.2f}, {st['decode_extent_steps'] / steps:.0f}) | "
-              f"{st['prefill_s']:.2f} ({st['prefills']}, {st['prefill_padded_tokens']:,}) |",
+              f"{st['prefill_s']:.2f} ({st['prefills']}, {st['prefill_padded_tokens']:,}) | "
+              f"{pool_s / wall / cores:.0%} of {cores} cores | {other_s:.2f} CPU s |",
               flush=True)
   finally:
     for eng in engines.values():

@@ -90,5 +90,6 @@ def test_bench_serve_tiny_runs_gift_offline_and_online(repo_root):
              "--overlap_prefill", "both", timeout=900)
   assert re.search(r"extents kept: \[[\d, ]+\]", out)
   rows = re.findall(r"\| 3 \| 6 \| (in turn|overlapped) \| [\d,]+ \| [\d,]+ ms \|.*\| "
-                    r"[\d.]+ \(\d+, [\d.]+, \d+\) \| [\d.]+ \(\d+, [\d,]+\) \|", out)
+                    r"[\d.]+ \(\d+, [\d.]+, \d+\) \| [\d.]+ \(\d+, [\d,]+\) \| "
+                    r"\d+% of \d+ cores \| [\d.]+ CPU s \|", out)
   assert sorted(rows) == ["in turn", "overlapped"]
