@@ -453,6 +453,9 @@ def main() -> None:
                  help="with --engine: prefills in turn with the decode chunks (gift serve's "
                       "default), overlapping them, or both engines interleaved")
   args = p.parse_args()
+  for name in ("windows", "repeats", "online_windows", "requests"):
+    if getattr(args, name) < 1:
+      p.error(f"--{name}={getattr(args, name)}; expected >= 1")
   signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # servers are stopped on the way out
 
   sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
