@@ -13,7 +13,10 @@ token-id prompts, `ignore_eos`, usage from the last chunk); per concurrency leve
 take turns on the same requests, `--online_windows` runs each (the order rotating every window
 and level; these VMs' speed drifts by up to 2x within minutes). Reports the median over windows
 of requests/s, output tokens/s, time to first token and request latency (p50/p99), the
-gift/vLLM ratio of the medians, and each window's tokens/s and ratio.
+gift/vLLM ratio of the medians, and each window's tokens/s and ratio. Then, per level, the
+work the requests ask of any server (`workload`: matmul and attention FLOPs, the bytes of keys
+and values the decode steps read), the ceiling that work allows on this host at the measured
+matmul peak and memory bandwidth (`ceiling`), and the share of it each server reached.
 Offline: one child process per library (gift: `Sampler.generate_ids`; vLLM: `LLM.generate` with
 `TokensPrompt`, no detokenization), each batch run `--repeats` times per window, windows
 alternating between the two; the median window's best time is reported.
@@ -83,6 +86,52 @@ def make_prompts(n: int, lo: int, hi: int, seed: int = 0) -> list[list[int]]:
   rng = np.random.default_rng(seed)
   return [[1] + rng.integers(3, SHAPE["vocab_size"], size=int(k) - 1).tolist()
           for k in rng.integers(lo, hi + 1, size=n)]
+
+
+def workload(prompt_lens: list[int], max_tokens: list[int], shape: dict = SHAPE) -> dict:
+  """What serving these requests asks of any server of `shape`'s model, greedy with EOS ignored
+  (every request makes exactly its max_tokens): `matmul` FLOPs (each prompt's tokens through
+  the layers' projections and MLP, its last position through the unembedding, then max_tokens
+  - 1 decode steps through both), `attention` FLOPs (q.k and p.v: causal over each prompt,
+  then every decode step over its context) and `kv_bytes`, the f32 keys and values the decode
+  steps read (every layer's, once per step). Weights and writes are not counted: a floor."""
+  d, f, v = shape["hidden_size"], shape["intermediate_size"], shape["vocab_size"]
+  layers, n, k = (shape["num_hidden_layers"], shape["num_attention_heads"],
+                  shape["num_key_value_heads"])
+  h = d // n
+  per_token = 2 * layers * (d * (n + 2 * k) * h + n * h * d + 3 * d * f)  # no unembedding
+  unembed = 2 * d * v
+  matmul = attention = kv_bytes = 0
+  for p, m in zip(prompt_lens, max_tokens):
+    matmul += p * per_token + unembed + (m - 1) * (per_token + unembed)
+    # A query over c keys: q.k and p.v, 2 * n * h * c multiply-adds per layer.
+    keys = p * (p + 1) // 2 + sum(p + j for j in range(1, m))  # the decode step j sees p + j
+    attention += 4 * layers * n * h * keys
+    kv_bytes += 2 * layers * k * h * 4 * sum(p + j for j in range(1, m))
+  return {"matmul": matmul, "attention": attention, "kv_bytes": kv_bytes,
+          "output_tokens": sum(max_tokens)}
+
+
+def ceiling(work: dict, peak_flops: float, bandwidth: float) -> tuple[float, float]:
+  """(seconds, output tokens/s) if the FLOPs ran at `peak_flops` and the keys and values were
+  read at `bandwidth`, one after the other: no server of this model can do better here."""
+  seconds = (work["matmul"] + work["attention"]) / peak_flops + work["kv_bytes"] / bandwidth
+  return seconds, work["output_tokens"] / seconds
+
+
+def ceiling_line(conc: int, work: dict, peak_flops: float, bandwidth: float,
+                 tok_s: dict[str, float]) -> str:
+  """One line for the tables: the work, the ceiling and each server's share of it."""
+  seconds, top = ceiling(work, peak_flops, bandwidth)
+  shares = ", ".join(f"{name} {x / top:.0%}" for name, x in tok_s.items())
+  line = (f"- concurrency {conc}, work: {work['matmul'] / 1e9:,.0f} GFLOP of matmuls + "
+          f"{work['attention'] / 1e9:,.0f} of attention, {work['kv_bytes'] / 1e9:.1f} GB of "
+          f"keys/values read by the decode steps; at the measured {peak_flops / 1e9:.0f} "
+          f"GFLOP/s and {bandwidth / 1e9:.0f} GB/s at least {seconds:.2f} s, a ceiling of "
+          f"{top:,.0f} output tok/s; reached: {shares}")
+  if "vllm" in tok_s:
+    line += f"; 1.5x vLLM would be {1.5 * tok_s['vllm'] / top:.0%} of the ceiling"
+  return line
 
 
 # ----------------------------------------------------------------------------------------------
@@ -381,8 +430,9 @@ def engine_run(ckpt: str, args) -> None:
   cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
   for eng in engines.values():
     eng.start()
+  reached = []
+  conc = max(args.concurrency)
   try:
-    conc = max(args.concurrency)
     for run in range(args.repeats + 1):  # the first run warms the host side, not reported
       n = conc if run == 0 else args.requests
       prompts = make_prompts(n, *args.prompt_len, seed=100 + conc)
@@ -408,6 +458,7 @@ def engine_run(ckpt: str, args) -> None:
         if run == 0:
           continue
         ttft, lat = sorted(r[0] for r in results), sorted(r[1] for r in results)
+        reached.append(sum(r[2] for r in results) / wall)
         steps = max(1, st["decode_steps"])
         print(f"| {conc} | {n} | {'overlapped' if overlap else 'in turn'} | "
               f"{sum(r[2] for r in results) / wall:,.0f} | "
@@ -420,6 +471,13 @@ def engine_run(ckpt: str, args) -> None:
   finally:
     for eng in engines.values():
       eng.stop()
+  if reached:
+    prompts = make_prompts(args.requests, *args.prompt_len, seed=100 + conc)
+    rng = np.random.default_rng(200 + conc)
+    max_tokens = rng.integers(args.new_tokens[0], args.new_tokens[1] + 1, size=args.requests)
+    print(ceiling_line(conc, workload([len(x) for x in prompts], max_tokens.tolist()),
+                       args.peak, args.bandwidth,
+                       {"gift engine (best run)": max(reached)}))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -480,8 +538,11 @@ def main() -> None:
                          text=True, env=vllm_env(venv, work)).stdout.strip().splitlines()
     print(f"- vLLM: {ver[-1] if ver else '?'} from {venv}")
   print(f"- model: random Llama {SHAPE}, fp32; work dir {work}")
-  print(f"- measured matmul peak: {common.matmul_peak(libs=('jax',))['jax'] / 1e9:.0f} GFLOP/s "
-        f"(jax f32 2048^3)", flush=True)
+  args.peak = common.matmul_peak(libs=("jax",))["jax"]
+  args.bandwidth = common.memory_bandwidth()
+  print(f"- measured matmul peak: {args.peak / 1e9:.0f} GFLOP/s (jax f32 2048^3); memory "
+        f"bandwidth: {args.bandwidth / 1e9:.0f} GB/s (jax f32 matrix-vector product, 256 MiB)",
+        flush=True)
   me = os.path.abspath(__file__)
   if args.engine:
     engine_run(ckpt, args)
@@ -554,7 +615,7 @@ def main() -> None:
       print("| concurrency | requests | server | req/s | output tok/s | TTFT p50 | TTFT p99 | "
             "latency p50 | latency p99 | errors |")
       print("|---|---|---|---|---|---|---|---|---|---|")
-      names, by_window = list(servers), []
+      names, by_window, ceilings = list(servers), [], []
       for level, conc in enumerate(args.concurrency):
         n = args.c1_requests if conc == 1 else args.requests
         prompts = make_prompts(n, *args.prompt_len, seed=100 + conc)
@@ -590,6 +651,8 @@ def main() -> None:
                 f"{g['ttft_p99'] / v['ttft_p99']:.2f}x | {g['lat_p50'] / v['lat_p50']:.2f}x | "
                 f"{g['lat_p99'] / v['lat_p99']:.2f}x | |", flush=True)
         by_window.append((conc, runs))
+        ceilings.append((conc, workload([len(x) for x in prompts], max_tokens),
+                         {name: r["tok_s"] for name, r in got.items()}))
       for conc, runs in by_window:  # the spread behind the medians
         line = "; ".join(f"{name} " + " / ".join(f"{r['tok_s']:,.0f}" for r in rs)
                          for name, rs in runs.items())
@@ -597,6 +660,8 @@ def main() -> None:
           line += "; gift / vLLM by window " + " / ".join(
               f"{g['tok_s'] / v['tok_s']:.2f}x" for g, v in zip(runs["gift"], runs["vllm"]))
         print(f"- concurrency {conc}, output tok/s by window: {line}")
+      for conc, work, tok_s in ceilings:  # how close each server came to what the host allows
+        print(ceiling_line(conc, work, args.peak, args.bandwidth, tok_s))
     finally:
       for _port, proc in servers.values():
         proc.terminate()

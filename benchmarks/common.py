@@ -1,5 +1,5 @@
-"""Shared helpers for the benchmark scripts: run header, f32 matmul peak, fair interleaved timing,
-markdown tables.
+"""Shared helpers for the benchmark scripts: run header, f32 matmul peak, memory bandwidth, fair
+interleaved timing, markdown tables.
 
 Each benchmark runs gift and its peer in one process tree and prints a markdown block for
 BENCHMARKS.md: `header()` (command, date, machine, versions), then `table()` rows.
@@ -82,6 +82,30 @@ def matmul_peak(n: int = 2048, seconds: float = 2.0,
       best = min(best, time.perf_counter() - t0)
     out[name] = flops / best
   return out
+
+
+def memory_bandwidth(mb: int = 256, seconds: float = 2.0) -> float:
+  """Achieved bytes/s of reading memory on this host: the best of repeated calls, over about
+  `seconds`, of a jitted f32 matrix-vector product in JAX that streams an `mb` MiB matrix once
+  (far larger than the CPU's caches, on all of XLA's threads). The yardstick of the benchmarks
+  whose work is memory-bound (a decode step's keys and values)."""
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+
+  cols = 4096
+  rows = mb * (1 << 20) // (4 * cols)
+  cpu = jax.devices("cpu")[0]
+  a = jax.device_put(np.ones((rows, cols), np.float32), cpu)
+  x = jax.device_put(np.ones((cols,), np.float32), cpu)
+  gemv = jax.jit(jnp.dot)
+  gemv(a, x).block_until_ready()
+  best, deadline = float("inf"), time.perf_counter() + seconds
+  while time.perf_counter() < deadline:
+    t0 = time.perf_counter()
+    gemv(a, x).block_until_ready()
+    best = min(best, time.perf_counter() - t0)
+  return rows * cols * 4 / best
 
 
 def interleaved_windows(runners: dict[str, Callable[[int], None]], steps: int, windows: int,

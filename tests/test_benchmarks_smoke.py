@@ -83,6 +83,11 @@ def test_bench_serve_tiny_runs_gift_offline_and_online(repo_root):
   windows = re.findall(r"- concurrency (\d+), output tok/s by window: gift ([\d,]+) / ([\d,]+)\n",
                        out)
   assert [c for c, *_ in windows] == ["1", "3"]
+  # Each level's work, the host's ceiling for it and the share of it gift reached.
+  assert re.search(r"memory bandwidth: \d+ GB/s", out)
+  shares = re.findall(r"- concurrency (\d+), work: .* a ceiling of [\d,]+ output tok/s; "
+                      r"reached: gift (\d+)%\n", out)
+  assert [c for c, _ in shares] == ["1", "3"] and all(0 < int(x) < 100 for _, x in shares)
   # The engine alone, in-process: one row per repeat and schedule, with its tuned extents and
   # stats.
   out = _run(repo_root, "bench_serve.py", "--engine", "--requests", "6", "--repeats", "1",
@@ -93,3 +98,24 @@ def test_bench_serve_tiny_runs_gift_offline_and_online(repo_root):
                     r"[\d.]+ \(\d+, [\d.]+, \d+\) \| [\d.]+ \(\d+, [\d,]+\) \| "
                     r"\d+% of \d+ cores \| [\d.]+ CPU s \|", out)
   assert sorted(rows) == ["in turn", "overlapped"]
+  assert re.search(r"- concurrency 3, work: .* reached: gift engine \(best run\) \d+%\n", out)
+
+
+def test_bench_serve_workload_counts_by_hand():
+  sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "benchmarks"))
+  import bench_serve
+  shape = dict(vocab_size=10, hidden_size=4, num_hidden_layers=1, num_attention_heads=2,
+               num_key_value_heads=1, intermediate_size=3)
+  # One request: a 2-token prompt, 3 new tokens (the first from the prefill, then 2 decode
+  # steps, over contexts of 3 and 4 slots). Head size 2; per token through the layer:
+  # 2 * (4 * (2 + 2) * 2 + 2 * 2 * 4 + 3 * 4 * 3) = 168 FLOPs, the unembedding 2 * 4 * 10 = 80.
+  work = bench_serve.workload([2], [3], shape)
+  assert work["matmul"] == 2 * 168 + 80 + 2 * (168 + 80)
+  assert work["attention"] == 4 * 2 * 2 * (1 + 2 + 3 + 4)  # causal 1 + 2, then 3 and 4 keys
+  assert work["kv_bytes"] == 2 * 1 * 2 * 4 * (3 + 4)  # keys and values, 1 kv head, f32
+  assert work["output_tokens"] == 3
+  seconds, tok_s = bench_serve.ceiling(work, peak_flops=1e3, bandwidth=100.0)
+  assert math.isclose(seconds, (912 + 160) / 1e3 + 112 / 100)
+  assert math.isclose(tok_s, 3 / seconds)
+  line = bench_serve.ceiling_line(32, work, 1e3, 100.0, {"gift": tok_s / 2, "vllm": tok_s / 4})
+  assert "reached: gift 50%, vllm 25%; 1.5x vLLM would be 38% of the ceiling" in line
