@@ -14,8 +14,8 @@ take turns on the same requests, `--online_windows` runs each (the order rotatin
 and level; these VMs' speed drifts by up to 2x within minutes). Reports the median over windows
 of requests/s, output tokens/s, time to first token and request latency (p50/p99), the
 gift/vLLM ratio of the medians, and each window's tokens/s and ratio. Then, per level, the
-work the requests ask of any server (`workload`: matmul and attention FLOPs, the bytes of keys
-and values the decode steps read), the ceiling that work allows on this host at the measured
+work the requests ask of any server (`workload`: matmul and attention FLOPs, the bytes of keys,
+values and weights the decode steps read), the ceiling that work allows on this host at the measured
 matmul peak and memory bandwidth (`ceiling`), and the share of it each server reached.
 Offline: one child process per library (gift: `Sampler.generate_ids`; vLLM: `LLM.generate` with
 `TokensPrompt`, no detokenization), each batch run `--repeats` times per window, windows
@@ -88,19 +88,22 @@ def make_prompts(n: int, lo: int, hi: int, seed: int = 0) -> list[list[int]]:
           for k in rng.integers(lo, hi + 1, size=n)]
 
 
-def workload(prompt_lens: list[int], max_tokens: list[int], shape: dict = SHAPE) -> dict:
-  """What serving these requests asks of any server of `shape`'s model, greedy with EOS ignored
-  (every request makes exactly its max_tokens): `matmul` FLOPs (each prompt's tokens through
-  the layers' projections and MLP, its last position through the unembedding, then max_tokens
-  - 1 decode steps through both), `attention` FLOPs (q.k and p.v: causal over each prompt,
-  then every decode step over its context) and `kv_bytes`, the f32 keys and values the decode
-  steps read (every layer's, once per step). Weights and writes are not counted: a floor."""
+def workload(prompt_lens: list[int], max_tokens: list[int], concurrency: int,
+             shape: dict = SHAPE) -> dict:
+  """What serving these requests at `concurrency` asks of any server of `shape`'s model, greedy
+  with EOS ignored (every request makes exactly its max_tokens): `matmul` FLOPs (each prompt's
+  tokens through the layers' projections and MLP, its last position through the unembedding,
+  then max_tokens - 1 decode steps through both), `attention` FLOPs (q.k and p.v: causal over
+  each prompt, then every decode step over its context), `kv_bytes`, the f32 keys and values
+  the decode steps read (every layer's, once per step), and `weight_bytes`, the f32 weights
+  read once per decode step, for the fewest steps that can make the tokens (`concurrency`
+  rows in every step, each sequence's steps in turn). Prefills' weight reads and every write are not counted: a floor."""
   d, f, v = shape["hidden_size"], shape["intermediate_size"], shape["vocab_size"]
   layers, n, k = (shape["num_hidden_layers"], shape["num_attention_heads"],
                   shape["num_key_value_heads"])
   h = d // n
-  per_token = 2 * layers * (d * (n + 2 * k) * h + n * h * d + 3 * d * f)  # no unembedding
-  unembed = 2 * d * v
+  layer_params = d * (n + 2 * k) * h + n * h * d + 3 * d * f
+  per_token, unembed = 2 * layers * layer_params, 2 * d * v  # FLOPs
   matmul = attention = kv_bytes = 0
   for p, m in zip(prompt_lens, max_tokens):
     matmul += p * per_token + unembed + (m - 1) * (per_token + unembed)
@@ -108,14 +111,19 @@ def workload(prompt_lens: list[int], max_tokens: list[int], shape: dict = SHAPE)
     keys = p * (p + 1) // 2 + sum(p + j for j in range(1, m))  # the decode step j sees p + j
     attention += 4 * layers * n * h * keys
     kv_bytes += 2 * layers * k * h * 4 * sum(p + j for j in range(1, m))
+  steps = max(-(-sum(m - 1 for m in max_tokens) // concurrency),  # full steps, and a
+              max(m - 1 for m in max_tokens))  # sequence's own steps are one after another
   return {"matmul": matmul, "attention": attention, "kv_bytes": kv_bytes,
+          "weight_bytes": steps * 4 * (layers * layer_params + d * v),
           "output_tokens": sum(max_tokens)}
 
 
 def ceiling(work: dict, peak_flops: float, bandwidth: float) -> tuple[float, float]:
-  """(seconds, output tokens/s) if the FLOPs ran at `peak_flops` and the keys and values were
-  read at `bandwidth`, one after the other: no server of this model can do better here."""
-  seconds = (work["matmul"] + work["attention"]) / peak_flops + work["kv_bytes"] / bandwidth
+  """(seconds, output tokens/s) if the FLOPs ran at `peak_flops` and the keys, values and
+  weights were read at `bandwidth`, one after the other: no server of this model does better
+  here (a decode step's reads and its FLOPs are largely serial: each layer needs the last)."""
+  seconds = ((work["matmul"] + work["attention"]) / peak_flops
+             + (work["kv_bytes"] + work["weight_bytes"]) / bandwidth)
   return seconds, work["output_tokens"] / seconds
 
 
@@ -125,8 +133,9 @@ def ceiling_line(conc: int, work: dict, peak_flops: float, bandwidth: float,
   seconds, top = ceiling(work, peak_flops, bandwidth)
   shares = ", ".join(f"{name} {x / top:.0%}" for name, x in tok_s.items())
   line = (f"- concurrency {conc}, work: {work['matmul'] / 1e9:,.0f} GFLOP of matmuls + "
-          f"{work['attention'] / 1e9:,.0f} of attention, {work['kv_bytes'] / 1e9:.1f} GB of "
-          f"keys/values read by the decode steps; at the measured {peak_flops / 1e9:.0f} "
+          f"{work['attention'] / 1e9:,.0f} of attention; the decode steps read "
+          f"{work['kv_bytes'] / 1e9:.1f} GB of keys/values and {work['weight_bytes'] / 1e9:.1f} "
+          f"GB of weights (at {conc} rows per step); at the measured {peak_flops / 1e9:.0f} "
           f"GFLOP/s and {bandwidth / 1e9:.0f} GB/s at least {seconds:.2f} s, a ceiling of "
           f"{top:,.0f} output tok/s; reached: {shares}")
   if "vllm" in tok_s:
@@ -475,7 +484,7 @@ def engine_run(ckpt: str, args) -> None:
     prompts = make_prompts(args.requests, *args.prompt_len, seed=100 + conc)
     rng = np.random.default_rng(200 + conc)
     max_tokens = rng.integers(args.new_tokens[0], args.new_tokens[1] + 1, size=args.requests)
-    print(ceiling_line(conc, workload([len(x) for x in prompts], max_tokens.tolist()),
+    print(ceiling_line(conc, workload([len(x) for x in prompts], max_tokens.tolist(), conc),
                        args.peak, args.bandwidth,
                        {"gift engine (best run)": max(reached)}))
 
@@ -515,6 +524,9 @@ def main() -> None:
     if getattr(args, name) < 1:
       p.error(f"--{name}={getattr(args, name)}; expected >= 1")
   signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # servers are stopped on the way out
+  if args.engine:  # the engine runs in this process: give it the allocator `gift serve` gets
+    from gift import cpu_env  # (gift/cli.py re-executes every command with it; see cpu_env)
+    cpu_env.reexec_with_cpu_env()
 
   sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
   import common
@@ -651,7 +663,7 @@ def main() -> None:
                 f"{g['ttft_p99'] / v['ttft_p99']:.2f}x | {g['lat_p50'] / v['lat_p50']:.2f}x | "
                 f"{g['lat_p99'] / v['lat_p99']:.2f}x | |", flush=True)
         by_window.append((conc, runs))
-        ceilings.append((conc, workload([len(x) for x in prompts], max_tokens),
+        ceilings.append((conc, workload([len(x) for x in prompts], max_tokens, conc),
                          {name: r["tok_s"] for name, r in got.items()}))
       for conc, runs in by_window:  # the spread behind the medians
         line = "; ".join(f"{name} " + " / ".join(f"{r['tok_s']:,.0f}" for r in rs)

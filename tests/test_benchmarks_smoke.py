@@ -109,13 +109,67 @@ def test_bench_serve_workload_counts_by_hand():
   # One request: a 2-token prompt, 3 new tokens (the first from the prefill, then 2 decode
   # steps, over contexts of 3 and 4 slots). Head size 2; per token through the layer:
   # 2 * (4 * (2 + 2) * 2 + 2 * 2 * 4 + 3 * 4 * 3) = 168 FLOPs, the unembedding 2 * 4 * 10 = 80.
-  work = bench_serve.workload([2], [3], shape)
+  work = bench_serve.workload([2], [3], 1, shape)
   assert work["matmul"] == 2 * 168 + 80 + 2 * (168 + 80)
   assert work["attention"] == 4 * 2 * 2 * (1 + 2 + 3 + 4)  # causal 1 + 2, then 3 and 4 keys
   assert work["kv_bytes"] == 2 * 1 * 2 * 4 * (3 + 4)  # keys and values, 1 kv head, f32
+  # 84 weights in the layer, 40 in the unembedding, f32, read by each of the 2 decode steps.
+  assert work["weight_bytes"] == 2 * (84 + 40) * 4
   assert work["output_tokens"] == 3
+  # Two such requests at concurrency 2 share their 2 decode steps; 4 at concurrency 2 need 4;
+  # one alone needs its 2 steps whatever the concurrency.
+  assert bench_serve.workload([2, 2], [3, 3], 2, shape)["weight_bytes"] == 2 * 124 * 4
+  assert bench_serve.workload([2] * 4, [3] * 4, 2, shape)["weight_bytes"] == 4 * 124 * 4
+  assert bench_serve.workload([2], [3], 4, shape)["weight_bytes"] == 2 * 124 * 4
   seconds, tok_s = bench_serve.ceiling(work, peak_flops=1e3, bandwidth=100.0)
-  assert math.isclose(seconds, (912 + 160) / 1e3 + 112 / 100)
+  assert math.isclose(seconds, (912 + 160) / 1e3 + (112 + 992) / 100)
   assert math.isclose(tok_s, 3 / seconds)
   line = bench_serve.ceiling_line(32, work, 1e3, 100.0, {"gift": tok_s / 2, "vllm": tok_s / 4})
   assert "reached: gift 50%, vllm 25%; 1.5x vLLM would be 38% of the ceiling" in line
+
+
+def test_bench_decode_step_sorts_operations_by_kind():
+  sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "benchmarks"))
+  import bench_decode_step
+  hlo = """HloModule m
+
+%fused_dot (p0: f32[2,4], p1: f32[4,8]) -> f32[2,8] {
+  %p0 = f32[2,4]{1,0} parameter(0)
+  %p1 = f32[4,8]{1,0} parameter(1)
+  ROOT %dot.1 = f32[2,8]{1,0} dot(%p0, %p1), lhs_contracting_dims={1}, rhs_contracting_dims={0}
+}
+
+%fused_add (p0.1: f32[2,8]) -> f32[2,8] {
+  %p0.1 = f32[2,8]{1,0} parameter(0)
+  ROOT %add.1 = f32[2,8]{1,0} add(%p0.1, %p0.1)
+}
+
+%body (arg: (s32[], f32[2,8])) -> (s32[], f32[2,8]) {
+  %arg = (s32[], f32[2,8]{1,0}) parameter(0)
+  %x = f32[2,8]{1,0} get-tuple-element(%arg), index=1
+  %ynn_fusion.3 = f32[2,8]{1,0} fusion(%x, %x), kind=kCustom, calls=%fused_dot
+  %loop_fusion.2 = f32[2,8]{1,0} fusion(%ynn_fusion.3), kind=kLoop, calls=%fused_add
+  %ffi_call.4 = f32[2,8]{1,0} custom-call(%loop_fusion.2), custom_call_target="gift_decode_attention"
+  ROOT %t = (s32[], f32[2,8]{1,0}) tuple(%i, %ffi_call.4)
+}
+
+ENTRY %main (a: f32[2,8]) -> f32[2,8] {
+  %a = f32[2,8]{1,0} parameter(0)
+  %while.9 = (s32[], f32[2,8]{1,0}) while(%init), condition=%cond, body=%body
+  ROOT %copy.1 = f32[2,8]{1,0} copy(%a)
+}
+"""
+  assert bench_decode_step.kinds_of(hlo) == {
+      "ynn_fusion.3": "dots", "loop_fusion.2": "other", "ffi_call.4": "kernels",
+      "copy.1": "other"}
+
+
+@pytest.mark.slow  # builds the benchmark model, compiles one decode chunk: ~1 min
+def test_bench_decode_step_tiny_prints_the_split(repo_root):
+  out = _run(repo_root, "bench_decode_step.py", "--rows", "2", "--extents", "32", "--steps",
+             "2", "--chunks", "2", timeout=600)
+  row = re.search(r"\| 32 \| ([\d.]+) \| (\d+)% \| (\d+)% \| (\d+)% \| \d+ \(\d+%\) \| "
+                  r"\d+ MB \(\d+ GB/s in the kernels\) \|", out)
+  assert row, out[-2000:]
+  assert float(row.group(1)) > 0 and int(row.group(2)) > 0  # the step has matmuls
+  assert 98 <= sum(int(row.group(i)) for i in (2, 3, 4)) <= 102

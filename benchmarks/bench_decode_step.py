@@ -1,0 +1,192 @@
+"""Where one decode step of `gift serve` goes on this host: the engine's compiled chunk of
+decode steps over every slot (all rows live, each at the extent's last positions, as
+`Engine.tune_extents` times it), then the same chunks under `jax.profiler`, the time of each
+of XLA's operations summed by kind:
+
+  dots       matmuls (YNNPACK / XLA dot fusions): the projections, the MLP, the unembedding
+  kernels    gift's custom calls (the decode attention of gift/model/cpu_kernels.py)
+  other      everything else XLA runs (norms, RoPE, cache writes, masks, sampling)
+
+with the dots' achieved FLOP/s (their share of the unprofiled step), next to this host's
+measured matmul peak and memory bandwidth. The profiler slows every operation, so shares are
+reported, not its absolute times. Same model as benchmarks/bench_serve.py.
+
+  python benchmarks/bench_decode_step.py                       # 32 rows, extents 256 and 512
+  python benchmarks/bench_decode_step.py --rows 8 --extents 128 --keep SERVE_WORKDIR
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import glob
+import gzip
+import json
+import os
+import re
+import shutil
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import bench_serve  # noqa: E402
+import common  # noqa: E402
+
+
+def kinds_of(hlo_text: str) -> dict[str, str]:
+  """Instruction name -> "dots" | "kernels" | "other", for the instructions XLA:CPU runs as
+  operations of their own (those of the entry and of while/conditional bodies, not those
+  inside fusions), from the compiled module's text."""
+  fused, current = set(), None
+  for line in hlo_text.splitlines():  # computations called by fusions
+    fused.update(re.findall(r"kind=k\w+, calls=%([\w.\-]+)", line))
+  dot_computations = set()
+  kinds, body = {}, []
+  for line in hlo_text.splitlines():
+    head = re.match(r"^(?:ENTRY )?%([\w.\-]+) ", line)
+    if head and line.rstrip().endswith("{"):
+      current, body = head.group(1), []
+      continue
+    if line.startswith("}"):
+      if current in fused and any(" dot(" in x for x in body):
+        dot_computations.add(current)
+      current = None
+      continue
+    if current is None:
+      continue
+    body.append(line)
+    m = re.match(r"^\s*(?:ROOT )?%([\w.\-]+) = .*? (\w[\w\-]*)\(", line)
+    if not m or current in fused:
+      continue
+    name, op = m.groups()
+    if op in ("parameter", "constant", "get-tuple-element", "tuple", "bitcast", "while",
+              "conditional", "call"):  # control flow: its time is its operations'
+      continue
+    calls = re.search(r"calls=%([\w.\-]+)", line)
+    kinds[name] = ("kernels" if op == "custom-call" else
+                   "dot?" + calls.group(1) if op == "fusion" and calls else
+                   "dots" if op == "dot" else "other")
+  return {n: ("dots" if k.startswith("dot?") and k[4:] in dot_computations else
+              "other" if k.startswith("dot?") else k) for n, k in kinds.items()}
+
+
+def profile_split(run, hlo_text: str, chunks: int) -> dict[str, float]:
+  """Seconds of each kind of operation over `chunks` calls of `run()` under jax.profiler."""
+  import jax
+  kinds = kinds_of(hlo_text)
+  out = tempfile.mkdtemp(prefix="bench_decode_step_trace_")
+  try:
+    with jax.profiler.trace(out, create_perfetto_trace=True):
+      for _ in range(chunks):
+        run()
+    path = glob.glob(os.path.join(out, "**", "*.trace.json.gz"), recursive=True)[0]
+    with gzip.open(path) as f:
+      events = json.load(f)["traceEvents"]
+  finally:
+    shutil.rmtree(out, ignore_errors=True)
+  split = collections.Counter()
+  for e in events:
+    if e.get("ph") == "X" and e.get("name") in kinds:
+      split[kinds[e["name"]]] += e["dur"] / 1e6
+  return split
+
+
+def main() -> None:
+  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  p.add_argument("--rows", type=int, default=32, help="slots decoded together (max_batch)")
+  p.add_argument("--extents", type=int, nargs="+", default=(256, 512))
+  p.add_argument("--steps", type=int, default=8, help="decode steps per compiled chunk")
+  p.add_argument("--chunks", type=int, default=20, help="timed chunks per extent")
+  p.add_argument("--keep", default="", help="work folder (model) to reuse or keep")
+  args = p.parse_args()
+  if min(args.rows, args.steps, args.chunks, *args.extents) < 1:
+    p.error("--rows, --steps, --chunks and --extents must be >= 1")
+  from gift import cpu_env
+  cpu_env.reexec_with_cpu_env()  # the allocator `gift serve` runs with (see gift/cpu_env.py)
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+
+  from gift.serve import engine as engine_lib
+
+  work = args.keep or tempfile.mkdtemp(prefix="bench_decode_step_")
+  os.makedirs(work, exist_ok=True)
+  hf_dir, ckpt = os.path.join(work, "hf"), os.path.join(work, "gift_ckpt")
+  if not os.path.exists(os.path.join(ckpt, "model_config.json")):
+    bench_serve.build_model(hf_dir, ckpt)
+  print("## One decode step of gift serve, by kind of operation\n")
+  print(common.header(("jax", "jaxlib")))
+  peak = common.matmul_peak(libs=("jax",))["jax"]
+  bandwidth = common.memory_bandwidth()
+  print(f"- model: random Llama {bench_serve.SHAPE}, fp32; {args.rows} rows, all live, "
+        f"{args.steps} steps per chunk, {args.chunks} chunks per extent")
+  print(f"- measured matmul peak: {peak / 1e9:.0f} GFLOP/s (jax f32 2048^3); memory bandwidth: "
+        f"{bandwidth / 1e9:.0f} GB/s (jax f32 matrix-vector product, 256 MiB)\n", flush=True)
+  shape = bench_serve.SHAPE
+  one_step = bench_serve.workload([1], [2], 1, shape)  # one decode step of one row
+  step_flops = args.rows * (one_step["matmul"] - bench_serve.workload([1], [1], 1, shape)["matmul"])
+  print("| extent | ms per step | dots | kernels | other | dots' GFLOP/s (% of peak) "
+        "| keys/values read per step |")
+  print("|---|---|---|---|---|---|---|")
+  for w in args.extents:
+    eng = engine_lib.Engine(*_load(ckpt), max_batch=args.rows, max_seq_len=w,
+                            decode_steps=args.steps, extent_buckets=(w,))
+    state = _live(eng._empty_state(w), w, args.steps)
+    alive = eng._put(np.ones(args.rows, bool))
+    kw = dict(rows=args.rows, max_steps=args.steps, stop_ids=eng.stop_ids)
+    holder = [state]
+
+    def run():
+      s, out = engine_lib._decode_jit(eng.cfg, eng.params, holder[0], alive,
+                                      jnp.int32(args.steps), **kw)
+      jax.block_until_ready(out)
+      holder[0] = _live(s, w, args.steps)  # back to the same positions
+
+    hlo = engine_lib._decode_jit.lower(eng.cfg, eng.params, holder[0], alive,
+                                       jnp.int32(args.steps), **kw).compile().as_text()
+    for _ in range(3):
+      run()
+    best = float("inf")
+    for _ in range(args.chunks):  # each chunk timed alone: the resets are not counted
+      s = holder[0]
+      t0 = time.perf_counter()
+      s, out = engine_lib._decode_jit(eng.cfg, eng.params, s, alive, jnp.int32(args.steps), **kw)
+      jax.block_until_ready(out)
+      best = min(best, (time.perf_counter() - t0) / args.steps)
+      holder[0] = _live(s, w, args.steps)
+    split = profile_split(run, hlo, args.chunks)
+    total = sum(split.values()) or 1.0
+    share = {k: split.get(k, 0.0) / total for k in ("dots", "kernels", "other")}
+    dots_rate = step_flops / (best * share["dots"]) if share["dots"] else 0.0
+    kv = args.rows * 2 * shape["num_hidden_layers"] * shape["num_key_value_heads"] * (
+        shape["hidden_size"] // shape["num_attention_heads"]) * 4 * (w - (args.steps + 1) / 2)
+    print(f"| {w} | {best * 1e3:.2f} | {share['dots']:.0%} | {share['kernels']:.0%} | "
+          f"{share['other']:.0%} | {dots_rate / 1e9:.0f} ({dots_rate / peak:.0%}) | "
+          f"{kv / 1e6:.0f} MB ({kv / (best * share['kernels'] or 1) / 1e9:.0f} GB/s in the "
+          f"kernels) |", flush=True)
+    del eng, state, holder
+  print(f"\nload average at end: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
+  if not args.keep:
+    shutil.rmtree(work, ignore_errors=True)
+
+
+def _load(ckpt: str):
+  from gift import checkpoint
+  from gift import tokenizer as tokenizer_lib
+  cfg, params, tok_path = checkpoint.load_model(ckpt)
+  return cfg, params, tokenizer_lib.load(tok_path, cfg.vocab_size)
+
+
+def _live(state, w: int, steps: int):
+  """Every row live, never done, each at position w - steps - 1 (a chunk ends at the extent),
+  every cache slot in its segment: a full step at extent w."""
+  import jax.numpy as jnp
+  return state._replace(
+      done_b=jnp.zeros_like(state.done_b), budget_b=jnp.full_like(state.budget_b, 1 << 30),
+      stop_eos_b=jnp.zeros_like(state.stop_eos_b),
+      pos_b=jnp.full_like(state.pos_b, max(0, w - steps - 1)),
+      cache=state.cache._replace(segment_ids=jnp.ones_like(state.cache.segment_ids)))
+
+
+if __name__ == "__main__":
+  main()
