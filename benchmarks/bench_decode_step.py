@@ -136,7 +136,7 @@ def main() -> None:
     kw = dict(rows=args.rows, max_steps=args.steps, stop_ids=eng.stop_ids)
     holder = [state]
 
-    def run():
+    def run(eng=eng, holder=holder, alive=alive, kw=kw, w=w):
       s, out = engine_lib._decode_jit(eng.cfg, eng.params, holder[0], alive,
                                       jnp.int32(args.steps), **kw)
       jax.block_until_ready(out)
@@ -164,7 +164,6 @@ def main() -> None:
           f"{share['other']:.0%} | {dots_rate / 1e9:.0f} ({dots_rate / peak:.0%}) | "
           f"{kv / 1e6:.0f} MB ({kv / (best * share['kernels'] or 1) / 1e9:.0f} GB/s in the "
           f"kernels) |", flush=True)
-    del eng, state, holder
   print(f"\nload average at end: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
   if not args.keep:
     shutil.rmtree(work, ignore_errors=True)

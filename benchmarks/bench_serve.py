@@ -14,9 +14,9 @@ take turns on the same requests, `--online_windows` runs each (the order rotatin
 and level; these VMs' speed drifts by up to 2x within minutes). Reports the median over windows
 of requests/s, output tokens/s, time to first token and request latency (p50/p99), the
 gift/vLLM ratio of the medians, and each window's tokens/s and ratio. Then, per level, the
-work the requests ask of any server (`workload`: matmul and attention FLOPs, the bytes of keys,
-values and weights the decode steps read), the ceiling that work allows on this host at the measured
-matmul peak and memory bandwidth (`ceiling`), and the share of it each server reached.
+work the requests ask of any server (`workload`: matmul and attention FLOPs, the bytes of
+keys, values and weights the decode steps read), the ceiling that work allows on this host at
+the measured matmul peak and memory bandwidth (`ceiling`), and the share each server reached.
 Offline: one child process per library (gift: `Sampler.generate_ids`; vLLM: `LLM.generate` with
 `TokensPrompt`, no detokenization), each batch run `--repeats` times per window, windows
 alternating between the two; the median window's best time is reported.
@@ -97,7 +97,8 @@ def workload(prompt_lens: list[int], max_tokens: list[int], concurrency: int,
   each prompt, then every decode step over its context), `kv_bytes`, the f32 keys and values
   the decode steps read (every layer's, once per step), and `weight_bytes`, the f32 weights
   read once per decode step, for the fewest steps that can make the tokens (`concurrency`
-  rows in every step, each sequence's steps in turn). Prefills' weight reads and every write are not counted: a floor."""
+  rows in every step, each sequence's steps in turn). Prefills' weight reads and all writes
+  are left out."""
   d, f, v = shape["hidden_size"], shape["intermediate_size"], shape["vocab_size"]
   layers, n, k = (shape["num_hidden_layers"], shape["num_attention_heads"],
                   shape["num_key_value_heads"])
@@ -120,8 +121,9 @@ def workload(prompt_lens: list[int], max_tokens: list[int], concurrency: int,
 
 def ceiling(work: dict, peak_flops: float, bandwidth: float) -> tuple[float, float]:
   """(seconds, output tokens/s) if the FLOPs ran at `peak_flops` and the keys, values and
-  weights were read at `bandwidth`, one after the other: no server of this model does better
-  here (a decode step's reads and its FLOPs are largely serial: each layer needs the last)."""
+  weights were read at `bandwidth`, one after the other. Within a decode step they depend on
+  each other layer by layer (attention needs the projections, the next matmul its output); a
+  server that overlapped them across rows could pass this, up to the larger of the two."""
   seconds = ((work["matmul"] + work["attention"]) / peak_flops
              + (work["kv_bytes"] + work["weight_bytes"]) / bandwidth)
   return seconds, work["output_tokens"] / seconds
@@ -135,9 +137,9 @@ def ceiling_line(conc: int, work: dict, peak_flops: float, bandwidth: float,
   line = (f"- concurrency {conc}, work: {work['matmul'] / 1e9:,.0f} GFLOP of matmuls + "
           f"{work['attention'] / 1e9:,.0f} of attention; the decode steps read "
           f"{work['kv_bytes'] / 1e9:.1f} GB of keys/values and {work['weight_bytes'] / 1e9:.1f} "
-          f"GB of weights (at {conc} rows per step); at the measured {peak_flops / 1e9:.0f} "
-          f"GFLOP/s and {bandwidth / 1e9:.0f} GB/s at least {seconds:.2f} s, a ceiling of "
-          f"{top:,.0f} output tok/s; reached: {shares}")
+          f"GB of weights ({conc} rows a step); at the measured {peak_flops / 1e9:.0f} "
+          f"GFLOP/s and {bandwidth / 1e9:.0f} GB/s, one after the other, {seconds:.2f} s: a "
+          f"ceiling of {top:,.0f} output tok/s; reached: {shares}")
   if "vllm" in tok_s:
     line += f"; 1.5x vLLM would be {1.5 * tok_s['vllm'] / top:.0%} of the ceiling"
   return line

@@ -149,7 +149,7 @@ def test_bench_decode_step_sorts_operations_by_kind():
   %x = f32[2,8]{1,0} get-tuple-element(%arg), index=1
   %ynn_fusion.3 = f32[2,8]{1,0} fusion(%x, %x), kind=kCustom, calls=%fused_dot
   %loop_fusion.2 = f32[2,8]{1,0} fusion(%ynn_fusion.3), kind=kLoop, calls=%fused_add
-  %ffi_call.4 = f32[2,8]{1,0} custom-call(%loop_fusion.2), custom_call_target="gift_decode_attention"
+  %ffi_call.4 = f32[2,8]{1,0} custom-call(%loop_fusion.2), custom_call_target="gift_attn"
   ROOT %t = (s32[], f32[2,8]{1,0}) tuple(%i, %ffi_call.4)
 }
 
