@@ -36,38 +36,35 @@ import common  # noqa: E402
 def kinds_of(hlo_text: str) -> dict[str, str]:
   """Instruction name -> "dots" | "kernels" | "other", for the instructions XLA:CPU runs as
   operations of their own (those of the entry and of while/conditional bodies, not those
-  inside fusions), from the compiled module's text."""
-  fused, current = set(), None
-  for line in hlo_text.splitlines():  # computations called by fusions
-    fused.update(re.findall(r"kind=k\w+, calls=%([\w.\-]+)", line))
-  dot_computations = set()
-  kinds, body = {}, []
+  inside fusions, nor control flow, whose time is its operations'), from the compiled
+  module's text."""
+  bodies, current = {}, None  # computation name -> its instruction lines
   for line in hlo_text.splitlines():
-    head = re.match(r"^(?:ENTRY )?%([\w.\-]+) ", line)
-    if head and line.rstrip().endswith("{"):
-      current, body = head.group(1), []
-      continue
-    if line.startswith("}"):
-      if current in fused and any(" dot(" in x for x in body):
-        dot_computations.add(current)
+    head = re.match(r"^(?:ENTRY )?%([\w.\-]+) .*\{$", line.rstrip())
+    if head:
+      current = bodies.setdefault(head.group(1), [])
+    elif line.startswith("}"):
       current = None
+    elif current is not None:
+      current.append(line)
+  fused = set(re.findall(r"kind=k\w+, calls=%([\w.\-]+)", hlo_text))
+  with_dot = {c for c in fused if any(" dot(" in x for x in bodies.get(c, ()))}
+  skip = {"parameter", "constant", "get-tuple-element", "tuple", "bitcast", "while",
+          "conditional", "call"}
+  kinds = {}
+  for comp, lines in bodies.items():
+    if comp in fused:
       continue
-    if current is None:
-      continue
-    body.append(line)
-    m = re.match(r"^\s*(?:ROOT )?%([\w.\-]+) = .*? (\w[\w\-]*)\(", line)
-    if not m or current in fused:
-      continue
-    name, op = m.groups()
-    if op in ("parameter", "constant", "get-tuple-element", "tuple", "bitcast", "while",
-              "conditional", "call"):  # control flow: its time is its operations'
-      continue
-    calls = re.search(r"calls=%([\w.\-]+)", line)
-    kinds[name] = ("kernels" if op == "custom-call" else
-                   "dot?" + calls.group(1) if op == "fusion" and calls else
-                   "dots" if op == "dot" else "other")
-  return {n: ("dots" if k.startswith("dot?") and k[4:] in dot_computations else
-              "other" if k.startswith("dot?") else k) for n, k in kinds.items()}
+    for line in lines:
+      m = re.match(r"^\s*(?:ROOT )?%([\w.\-]+) = .*? (\w[\w\-]*)\(", line)
+      if not m or m.group(2) in skip:
+        continue
+      calls = re.search(r"calls=%([\w.\-]+)", line)
+      op = m.group(2)
+      kinds[m.group(1)] = ("kernels" if op == "custom-call" else
+                           "dots" if op == "dot" or (calls and calls.group(1) in with_dot)
+                           else "other")
+  return kinds
 
 
 def profile_split(run, hlo_text: str, chunks: int) -> dict[str, float]:
@@ -116,50 +113,41 @@ def main() -> None:
     bench_serve.build_model(hf_dir, ckpt)
   print("## One decode step of gift serve, by kind of operation\n")
   print(common.header(("jax", "jaxlib")))
-  peak = common.matmul_peak(libs=("jax",))["jax"]
-  bandwidth = common.memory_bandwidth()
   print(f"- model: random Llama {bench_serve.SHAPE}, fp32; {args.rows} rows, all live, "
         f"{args.steps} steps per chunk, {args.chunks} chunks per extent")
-  print(f"- measured matmul peak: {peak / 1e9:.0f} GFLOP/s (jax f32 2048^3); memory bandwidth: "
-        f"{bandwidth / 1e9:.0f} GB/s (jax f32 matrix-vector product, 256 MiB)\n", flush=True)
-  shape = bench_serve.SHAPE
-  one_step = bench_serve.workload([1], [2], 1, shape)  # one decode step of one row
-  step_flops = args.rows * (one_step["matmul"] - bench_serve.workload([1], [1], 1, shape)["matmul"])
-  print("| extent | ms per step | dots | kernels | other | dots' GFLOP/s (% of peak) "
+  peak, _ = common.yardsticks()
+  sizes = bench_serve.model_sizes()
+  step_flops = args.rows * (sizes["layer_flops"] + sizes["unembed_flops"])
+  print("\n| extent | ms per step | dots | kernels | other | dots' GFLOP/s (% of peak) "
         "| keys/values read per step |")
   print("|---|---|---|---|---|---|---|")
   for w in args.extents:
     eng = engine_lib.Engine(*_load(ckpt), max_batch=args.rows, max_seq_len=w,
                             decode_steps=args.steps, extent_buckets=(w,))
-    state = _live(eng._empty_state(w), w, args.steps)
     alive = eng._put(np.ones(args.rows, bool))
-    kw = dict(rows=args.rows, max_steps=args.steps, stop_ids=eng.stop_ids)
-    holder = [state]
+    call = dict(num_steps=jnp.int32(args.steps), rows=args.rows, max_steps=args.steps,
+                stop_ids=eng.stop_ids)
+    holder = [engine_lib._all_rows_live_jit(eng._empty_state(w), w, args.steps)]
 
-    def run(eng=eng, holder=holder, alive=alive, kw=kw, w=w):
-      s, out = engine_lib._decode_jit(eng.cfg, eng.params, holder[0], alive,
-                                      jnp.int32(args.steps), **kw)
+    def run(eng=eng, holder=holder, alive=alive, call=call, w=w) -> float:
+      """One chunk from the same positions; returns its seconds (the reset not counted)."""
+      t0 = time.perf_counter()
+      state, out = engine_lib._decode_jit(eng.cfg, eng.params, holder[0], alive, **call)
       jax.block_until_ready(out)
-      holder[0] = _live(s, w, args.steps)  # back to the same positions
+      took = time.perf_counter() - t0
+      holder[0] = engine_lib._all_rows_live_jit(state, w, args.steps)
+      return took
 
     hlo = engine_lib._decode_jit.lower(eng.cfg, eng.params, holder[0], alive,
-                                       jnp.int32(args.steps), **kw).compile().as_text()
+                                       **call).compile().as_text()
     for _ in range(3):
       run()
-    best = float("inf")
-    for _ in range(args.chunks):  # each chunk timed alone: the resets are not counted
-      s = holder[0]
-      t0 = time.perf_counter()
-      s, out = engine_lib._decode_jit(eng.cfg, eng.params, s, alive, jnp.int32(args.steps), **kw)
-      jax.block_until_ready(out)
-      best = min(best, (time.perf_counter() - t0) / args.steps)
-      holder[0] = _live(s, w, args.steps)
+    best = min(run() for _ in range(args.chunks)) / args.steps
     split = profile_split(run, hlo, args.chunks)
     total = sum(split.values()) or 1.0
     share = {k: split.get(k, 0.0) / total for k in ("dots", "kernels", "other")}
     dots_rate = step_flops / (best * share["dots"]) if share["dots"] else 0.0
-    kv = args.rows * 2 * shape["num_hidden_layers"] * shape["num_key_value_heads"] * (
-        shape["hidden_size"] // shape["num_attention_heads"]) * 4 * (w - (args.steps + 1) / 2)
+    kv = args.rows * sizes["kv_bytes_per_slot"] * (w - (args.steps + 1) / 2)  # mean context
     print(f"| {w} | {best * 1e3:.2f} | {share['dots']:.0%} | {share['kernels']:.0%} | "
           f"{share['other']:.0%} | {dots_rate / 1e9:.0f} ({dots_rate / peak:.0%}) | "
           f"{kv / 1e6:.0f} MB ({kv / (best * share['kernels'] or 1) / 1e9:.0f} GB/s in the "
@@ -174,17 +162,6 @@ def _load(ckpt: str):
   from gift import tokenizer as tokenizer_lib
   cfg, params, tok_path = checkpoint.load_model(ckpt)
   return cfg, params, tokenizer_lib.load(tok_path, cfg.vocab_size)
-
-
-def _live(state, w: int, steps: int):
-  """Every row live, never done, each at position w - steps - 1 (a chunk ends at the extent),
-  every cache slot in its segment: a full step at extent w."""
-  import jax.numpy as jnp
-  return state._replace(
-      done_b=jnp.zeros_like(state.done_b), budget_b=jnp.full_like(state.budget_b, 1 << 30),
-      stop_eos_b=jnp.zeros_like(state.stop_eos_b),
-      pos_b=jnp.full_like(state.pos_b, max(0, w - steps - 1)),
-      cache=state.cache._replace(segment_ids=jnp.ones_like(state.cache.segment_ids)))
 
 
 if __name__ == "__main__":

@@ -88,6 +88,22 @@ def make_prompts(n: int, lo: int, hi: int, seed: int = 0) -> list[list[int]]:
           for k in rng.integers(lo, hi + 1, size=n)]
 
 
+def model_sizes(shape: dict = SHAPE) -> dict:
+  """Per-token sizes of `shape`'s model: `layer_flops` (one token through every layer's
+  projections and MLP), `unembed_flops`, `weight_bytes` (f32, layers and unembedding: what a
+  decode step reads once) and `kv_bytes_per_slot` (f32 keys and values of one cache slot, every
+  layer)."""
+  d, f, v = shape["hidden_size"], shape["intermediate_size"], shape["vocab_size"]
+  layers, n, k = (shape["num_hidden_layers"], shape["num_attention_heads"],
+                  shape["num_key_value_heads"])
+  h = d // n
+  layer_params = d * (n + 2 * k) * h + n * h * d + 3 * d * f
+  return {"layer_flops": 2 * layers * layer_params, "unembed_flops": 2 * d * v,
+          "weight_bytes": 4 * (layers * layer_params + d * v),
+          "kv_bytes_per_slot": 2 * layers * k * h * 4,
+          "attention_flops_per_key": 4 * layers * n * h}  # q.k and p.v, per query and key
+
+
 def workload(prompt_lens: list[int], max_tokens: list[int], concurrency: int,
              shape: dict = SHAPE) -> dict:
   """What serving these requests at `concurrency` asks of any server of `shape`'s model, greedy
@@ -99,24 +115,18 @@ def workload(prompt_lens: list[int], max_tokens: list[int], concurrency: int,
   read once per decode step, for the fewest steps that can make the tokens (`concurrency`
   rows in every step, each sequence's steps in turn). Prefills' weight reads and all writes
   are left out."""
-  d, f, v = shape["hidden_size"], shape["intermediate_size"], shape["vocab_size"]
-  layers, n, k = (shape["num_hidden_layers"], shape["num_attention_heads"],
-                  shape["num_key_value_heads"])
-  h = d // n
-  layer_params = d * (n + 2 * k) * h + n * h * d + 3 * d * f
-  per_token, unembed = 2 * layers * layer_params, 2 * d * v  # FLOPs
+  z = model_sizes(shape)
+  per_token, unembed = z["layer_flops"], z["unembed_flops"]
   matmul = attention = kv_bytes = 0
   for p, m in zip(prompt_lens, max_tokens):
     matmul += p * per_token + unembed + (m - 1) * (per_token + unembed)
-    # A query over c keys: q.k and p.v, 2 * n * h * c multiply-adds per layer.
-    keys = p * (p + 1) // 2 + sum(p + j for j in range(1, m))  # the decode step j sees p + j
-    attention += 4 * layers * n * h * keys
-    kv_bytes += 2 * layers * k * h * 4 * sum(p + j for j in range(1, m))
+    decode_keys = sum(p + j for j in range(1, m))  # the decode step j sees p + j slots
+    attention += z["attention_flops_per_key"] * (p * (p + 1) // 2 + decode_keys)
+    kv_bytes += z["kv_bytes_per_slot"] * decode_keys
   steps = max(-(-sum(m - 1 for m in max_tokens) // concurrency),  # full steps, and a
               max(m - 1 for m in max_tokens))  # sequence's own steps are one after another
   return {"matmul": matmul, "attention": attention, "kv_bytes": kv_bytes,
-          "weight_bytes": steps * 4 * (layers * layer_params + d * v),
-          "output_tokens": sum(max_tokens)}
+          "weight_bytes": steps * z["weight_bytes"], "output_tokens": sum(max_tokens)}
 
 
 def ceiling(work: dict, peak_flops: float, bandwidth: float) -> tuple[float, float]:
@@ -552,11 +562,7 @@ def main() -> None:
                          text=True, env=vllm_env(venv, work)).stdout.strip().splitlines()
     print(f"- vLLM: {ver[-1] if ver else '?'} from {venv}")
   print(f"- model: random Llama {SHAPE}, fp32; work dir {work}")
-  args.peak = common.matmul_peak(libs=("jax",))["jax"]
-  args.bandwidth = common.memory_bandwidth()
-  print(f"- measured matmul peak: {args.peak / 1e9:.0f} GFLOP/s (jax f32 2048^3); memory "
-        f"bandwidth: {args.bandwidth / 1e9:.0f} GB/s (jax f32 matrix-vector product, 256 MiB)",
-        flush=True)
+  args.peak, args.bandwidth = common.yardsticks()
   me = os.path.abspath(__file__)
   if args.engine:
     engine_run(ckpt, args)

@@ -108,6 +108,15 @@ def memory_bandwidth(mb: int = 256, seconds: float = 2.0) -> float:
   return rows * cols * 4 / best
 
 
+def yardsticks() -> tuple[float, float]:
+  """(matmul peak FLOP/s, memory bandwidth bytes/s) of this host, measured and printed as a
+  header line."""
+  peak, bandwidth = matmul_peak(libs=("jax",))["jax"], memory_bandwidth()
+  print(f"- measured matmul peak: {peak / 1e9:.0f} GFLOP/s (jax f32 2048^3); memory bandwidth: "
+        f"{bandwidth / 1e9:.0f} GB/s (jax f32 matrix-vector product, 256 MiB)", flush=True)
+  return peak, bandwidth
+
+
 def interleaved_windows(runners: dict[str, Callable[[int], None]], steps: int, windows: int,
                         pause_s: float = 0.2) -> dict[str, list[float]]:
   """Seconds per step of each runner, one value per window.

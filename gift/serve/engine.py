@@ -370,11 +370,23 @@ def _resize(state: SlotState, w: int) -> SlotState:
       c.index))
 
 
+def _all_rows_live(state: SlotState, w: int, steps: int) -> SlotState:
+  """`state` with every row live and never done, each at position w - steps - 1 (a chunk of
+  `steps` ends at extent w) and every cache slot in its segment: a full decode step at extent
+  w, as `Engine.tune_extents` and benchmarks/bench_decode_step.py time it."""
+  return state._replace(
+      done_b=jnp.zeros_like(state.done_b), budget_b=jnp.full_like(state.budget_b, 1 << 30),
+      stop_eos_b=jnp.zeros_like(state.stop_eos_b),
+      pos_b=jnp.full_like(state.pos_b, max(0, w - steps - 1)),
+      cache=state.cache._replace(segment_ids=jnp.ones_like(state.cache.segment_ids)))
+
+
 _decode_jit = jax.jit(_decode_rows, static_argnums=0, donate_argnums=(2,),
                       static_argnames=("rows", "max_steps", "stop_ids"))
 _prefill_jit = jax.jit(_prefill, static_argnums=0)
 _insert_jit = jax.jit(_insert, donate_argnums=(0,), static_argnames=("stop_ids",))
 _resize_jit = jax.jit(_resize, static_argnums=1)  # shapes change: nothing to donate
+_all_rows_live_jit = jax.jit(_all_rows_live, static_argnums=(1, 2))
 
 
 def select_extents(times: dict[int, float], buckets: Sequence[int], margin: float = 0.05
@@ -632,16 +644,10 @@ class Engine:
                                                          self.extent_candidates
                                                          or self.extent_buckets)})
     steps = self.decode_steps
-    live = jax.jit(lambda s, w: s._replace(
-        done_b=jnp.zeros_like(s.done_b), budget_b=jnp.full_like(s.budget_b, 1 << 30),
-        stop_eos_b=jnp.zeros_like(s.stop_eos_b),
-        pos_b=jnp.full_like(s.pos_b, max(0, w - steps - 1)),
-        cache=s.cache._replace(segment_ids=jnp.ones_like(s.cache.segment_ids))),
-        static_argnums=1)
     alive_b = self._put(np.ones(self.max_batch, bool))
     times = {}
     for w in cands:
-      state = live(self._empty_state(w), w)
+      state = _all_rows_live_jit(self._empty_state(w), w, steps)
       best = float("inf")
       for i in range(repeats + 1):  # the first call compiles
         t0 = time.perf_counter()
@@ -649,7 +655,7 @@ class Engine:
                                  rows=self.max_batch, max_steps=steps, stop_ids=self.stop_ids)
         jax.block_until_ready(out)
         took = time.perf_counter() - t0
-        state = live(state, w)  # back to the positions before the chunk
+        state = _all_rows_live_jit(state, w, steps)  # back to the positions before the chunk
         if i:
           best = min(best, took / steps)
           if took > 0.5:  # a large model: one timed chunk per extent is enough
