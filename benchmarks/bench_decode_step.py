@@ -9,7 +9,10 @@ of XLA's operations summed by kind:
 
 with the dots' achieved FLOP/s (their share of the unprofiled step), next to this host's
 measured matmul peak and memory bandwidth. The profiler slows every operation, so shares are
-reported, not its absolute times. Same model as benchmarks/bench_serve.py.
+reported, not its absolute times. Then the same layers' matmuls alone at more rows than a
+step has (`--matmul_rows`): what a decode step's matmuls would save at the per-row cost of a
+prefill-sized batch, the most that batching decode rows with prefill tokens could give them.
+Same model as benchmarks/bench_serve.py.
 
   python benchmarks/bench_decode_step.py                       # 32 rows, extents 256 and 512
   python benchmarks/bench_decode_step.py --rows 8 --extents 128 --keep SERVE_WORKDIR
@@ -67,10 +70,10 @@ def kinds_of(hlo_text: str) -> dict[str, str]:
   return kinds
 
 
-def profile_split(run, hlo_text: str, chunks: int) -> dict[str, float]:
+def profile_split(run, hlo_text: str, chunks: int, module: str = "jit__decode_rows"
+                  ) -> dict[str, float]:
   """Seconds of each kind of operation over `chunks` calls of `run()` under jax.profiler."""
   import jax
-  kinds = kinds_of(hlo_text)
   out = tempfile.mkdtemp(prefix="bench_decode_step_trace_")
   try:
     with jax.profiler.trace(out, create_perfetto_trace=True):
@@ -81,11 +84,56 @@ def profile_split(run, hlo_text: str, chunks: int) -> dict[str, float]:
       events = json.load(f)["traceEvents"]
   finally:
     shutil.rmtree(out, ignore_errors=True)
+  return split_events(events, kinds_of(hlo_text), module)
+
+
+def split_events(events: list[dict], kinds: dict[str, str], module: str) -> dict[str, float]:
+  """Seconds by kind of the trace's operation events of `module` (other modules that ran under
+  the profiler, such as the reset between chunks, reuse instruction names like copy.7)."""
   split = collections.Counter()
   for e in events:
-    if e.get("ph") == "X" and e.get("name") in kinds:
+    if (e.get("ph") == "X" and e.get("name") in kinds
+        and e.get("args", {}).get("hlo_module", module) == module):
       split[kinds[e["name"]]] += e["dur"] / 1e6
   return split
+
+
+def matmul_rows(cfg, params, sizes: list[int], rounds: int = 3, calls: int = 20
+                ) -> dict[int, float]:
+  """Seconds per call of the decode step's layer matmuls alone (every layer's norm, fused q/k/v
+  projection, output projection and MLP, gift's own layer code, attention left out: the
+  queries stand in for its output), jitted, for M rows of tokens; the best of `rounds`
+  rounds, the sizes interleaved in each (this host's speed drifts within a minute)."""
+  import jax
+  import numpy as np
+
+  from gift.model import layers, transformer
+
+  norm = transformer.norm_fn(cfg)
+
+  @jax.jit
+  def run(x_md):
+    x = x_md[None]
+    for p in transformer.unstack_layers(params)["layers"]:
+      q, _, _ = layers.qkv(p["attn"], norm(x, p["attn_norm"]))
+      x = x + layers.out_proj(p["attn"], q)
+      x = x + layers.gated_mlp(p["mlp"], norm(x, p["mlp_norm"]), cfg.mlp_activation)
+    return x[0]
+
+  rng = np.random.default_rng(0)
+  xs = {m: jax.device_put(rng.normal(size=(m, cfg.d_model)).astype(np.float32) * 0.1)
+        for m in sizes}
+  best = {m: float("inf") for m in sizes}
+  for m in sizes:
+    jax.block_until_ready(run(xs[m]))
+  for _ in range(rounds):
+    for m in sizes:
+      t0 = time.perf_counter()
+      for _ in range(calls):
+        y = run(xs[m])
+      jax.block_until_ready(y)
+      best[m] = min(best[m], (time.perf_counter() - t0) / calls)
+  return best
 
 
 def main() -> None:
@@ -95,9 +143,14 @@ def main() -> None:
   p.add_argument("--steps", type=int, default=8, help="decode steps per compiled chunk")
   p.add_argument("--chunks", type=int, default=20, help="timed chunks per extent")
   p.add_argument("--keep", default="", help="work folder (model) to reuse or keep")
+  p.add_argument("--matmul_rows", type=int, nargs="*", default=None,
+                 help="rows of the layer-matmul table (default: --rows x 1, 2, 4, 8, 16; "
+                      "none: skip it)")
   args = p.parse_args()
-  if min(args.rows, args.steps, args.chunks, *args.extents) < 1:
-    p.error("--rows, --steps, --chunks and --extents must be >= 1")
+  if args.matmul_rows is None:
+    args.matmul_rows = [args.rows * k for k in (1, 2, 4, 8, 16)]
+  if min(args.rows, args.steps, args.chunks, *args.extents, *args.matmul_rows) < 1:
+    p.error("--rows, --steps, --chunks, --extents and --matmul_rows must be >= 1")
   from gift import cpu_env
   cpu_env.reexec_with_cpu_env()  # the allocator `gift serve` runs with (see gift/cpu_env.py)
   import jax
@@ -121,6 +174,7 @@ def main() -> None:
   print("\n| extent | ms per step | dots | kernels | other | dots' GFLOP/s (% of peak) "
         "| keys/values read per step |")
   print("|---|---|---|---|---|---|---|")
+  step_s = {}
   for w in args.extents:
     eng = engine_lib.Engine(*_load(ckpt), max_batch=args.rows, max_seq_len=w,
                             decode_steps=args.steps, extent_buckets=(w,))
@@ -142,7 +196,7 @@ def main() -> None:
                                        **call).compile().as_text()
     for _ in range(3):
       run()
-    best = min(run() for _ in range(args.chunks)) / args.steps
+    best = step_s[w] = min(run() for _ in range(args.chunks)) / args.steps
     split = profile_split(run, hlo, args.chunks)
     total = sum(split.values()) or 1.0
     share = {k: split.get(k, 0.0) / total for k in ("dots", "kernels", "other")}
@@ -152,9 +206,34 @@ def main() -> None:
           f"{share['other']:.0%} | {dots_rate / 1e9:.0f} ({dots_rate / peak:.0%}) | "
           f"{kv / 1e6:.0f} MB ({kv / (best * share['kernels'] or 1) / 1e9:.0f} GB/s in the "
           f"kernels) |", flush=True)
+  if args.matmul_rows:
+    _matmul_table(eng, args, sizes, peak, step_s)
   print(f"\nload average at end: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
   if not args.keep:
     shutil.rmtree(work, ignore_errors=True)
+
+
+def _matmul_table(eng, args, sizes: dict, peak: float, step_s: dict[int, float]) -> None:
+  """The layer matmuls of a step alone, by rows: what a decode step's matmuls would save at the
+  per-row cost of larger batches (a prefill's, or decode rows batched with prefill tokens)."""
+  ms = sorted(set(args.matmul_rows) | {args.rows})
+  took = matmul_rows(eng.cfg, eng.params, ms)
+  print("\n### The layers' matmuls alone (norms, q/k/v, output projection, MLP; no attention, "
+        "no unembedding), by rows\n")
+  print("| rows | ms per call | us per row | GFLOP/s (% of peak) |")
+  print("|---|---|---|---|")
+  for m in ms:
+    rate = m * sizes["layer_flops"] / took[m]
+    print(f"| {m} | {took[m] * 1e3:.2f} | {took[m] / m * 1e6:.0f} | {rate / 1e9:.0f} "
+          f"({rate / peak:.0%}) |")
+  cheapest = min(ms, key=lambda m: took[m] / m)
+  per_row, best_row = took[args.rows] / args.rows, took[cheapest] / cheapest
+  saved = max(0.0, per_row - best_row) * args.rows
+  w = args.extents[0]
+  print(f"\n- at {args.rows} rows (a decode step) the layers' matmuls cost {per_row * 1e6:.0f} us "
+        f"per row; at {cheapest} rows {best_row * 1e6:.0f}: a step whose matmuls ran at that "
+        f"rate would take {saved * 1e3:.2f} ms less, {saved / step_s[w]:.0%} of the step at "
+        f"extent {w} ({step_s[w] * 1e3:.2f} ms)")
 
 
 def _load(ckpt: str):

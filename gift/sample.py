@@ -201,11 +201,13 @@ def _is_stop(token_b: Array, stop_ids: tuple[int, ...]) -> Array:
   return jnp.isin(token_b, jnp.asarray(stop_ids, jnp.int32)) if stop_ids else token_b < 0
 
 
-# Module-level, so Samplers of the same config share compilations.
-_prefill_jit = jax.jit(_prefill, static_argnums=0, static_argnames=(
+# Module-level, so Samplers of the same config share compilations; with
+# cpu_kernels.inference_options() (XLA's own dots on a CPU).
+_prefill_jit = cpu_kernels.inference_jit(_prefill, static_argnums=0, static_argnames=(
     "n", "max_new_tokens", "top_k", "greedy", "nucleus", "stop_ids", "pad_id", "cache_len"))
-_decode_jit = jax.jit(_decode, static_argnums=0, donate_argnums=(2,),
-                      static_argnames=("top_k", "greedy", "nucleus", "stop_ids", "pad_id"))
+_decode_jit = cpu_kernels.inference_jit(
+    _decode, static_argnums=0, donate_argnums=(2,),
+    static_argnames=("top_k", "greedy", "nucleus", "stop_ids", "pad_id"))
 
 
 def _unstack_leafwise(params: dict) -> dict:

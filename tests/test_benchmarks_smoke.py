@@ -164,6 +164,23 @@ ENTRY %main (a: f32[2,8]) -> f32[2,8] {
       "copy.1": "other"}
 
 
+def test_bench_decode_step_counts_only_the_decode_modules_operations():
+  sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "benchmarks"))
+  import bench_decode_step
+  kinds = {"ynn_fusion.3": "dots", "copy.7": "other", "ffi_call.4": "kernels"}
+  ev = lambda name, us, module: {"ph": "X", "name": name, "dur": us,
+                                 "args": {"hlo_module": module}}
+  events = [ev("ynn_fusion.3", 300.0, "jit__decode_rows"), ev("ffi_call.4", 200.0,
+                                                              "jit__decode_rows"),
+            ev("copy.7", 50.0, "jit__decode_rows"),
+            ev("copy.7", 4000.0, "jit__all_rows_live"),  # the reset between chunks: not counted
+            {"ph": "X", "name": "ynn_fusion.3", "dur": 100.0},  # no module named: counted
+            {"ph": "i", "name": "copy.7", "dur": 9.0, "args": {"hlo_module": "jit__decode_rows"}},
+            ev("while.2", 900.0, "jit__decode_rows")]  # not an operation of its own
+  split = bench_decode_step.split_events(events, kinds, "jit__decode_rows")
+  assert dict(split) == pytest.approx({"dots": 400e-6, "kernels": 200e-6, "other": 50e-6})
+
+
 @pytest.mark.slow  # builds the benchmark model, compiles one decode chunk: ~1 min
 def test_bench_decode_step_tiny_prints_the_split(repo_root):
   out = _run(repo_root, "bench_decode_step.py", "--rows", "2", "--extents", "32", "--steps",
@@ -173,3 +190,7 @@ def test_bench_decode_step_tiny_prints_the_split(repo_root):
   assert row, out[-2000:]
   assert float(row.group(1)) > 0 and int(row.group(2)) > 0  # the step has matmuls
   assert 98 <= sum(int(row.group(i)) for i in (2, 3, 4)) <= 102
+  for m in (2, 4, 8, 16, 32):  # the layer-matmul table, --rows x 1, 2, 4, 8, 16
+    assert re.search(rf"\n\| {m} \| [\d.]+ \| \d+ \| \d+ \(\d+%\) \|\n", out), out[-2000:]
+  assert re.search(r"- at 2 rows \(a decode step\) the layers' matmuls cost \d+ us per row; at "
+                   r"\d+ rows \d+: .* of the step at extent 32", out), out[-2000:]

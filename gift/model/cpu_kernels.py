@@ -8,6 +8,9 @@ its mask selects (gift/model/kernels/decode_attention.cc). XLA's dense form read
 of every row; at the cache extents of a busy server that read is most of a decode step on a
 CPU (it is memory-bound), and rows are on average half full.
 
+`inference_jit`: jax.jit with the XLA:CPU compile options of gift's inference computations
+(`INFERENCE_OPTIONS`: XLA's own dots, not YNNPACK's fusions, for matmuls of a few rows).
+
 The shared library goes to $GIFT_KERNEL_CACHE (default ~/.cache/gift/kernels), named by a hash
 of the source, the jaxlib version, the compiler command and the CPU's feature flags (it is
 built with -march=native, plus $GIFT_KERNEL_FLAGS if set, e.g. "-mno-avx512f" for the
@@ -142,3 +145,53 @@ def for_mesh(cfg: Any, mesh: Any) -> Any:
   if mesh is None or mesh.size == 1 or cfg.decode_attention != "auto":
     return cfg
   return dataclasses.replace(cfg, decode_attention="xla")
+
+
+# XLA:CPU's YNNPACK dot fusions (its default for f32 matmuls) split even a matmul of a few rows
+# across the intra-op threads, and at a decode step's 32 rows that costs more than it gains: the
+# serve benchmark model's four layers' matmuls alone at 32 rows took 5.5 ms with them, 3.9 ms
+# with XLA's own dot emitter, 4.9 ms with YNNPACK on one core; `gift serve`'s engine under 32
+# clients made 1.08-1.34x the tokens/s without them, in 5 interleaved pairs (2-core EPYC,
+# BENCHMARKS.md "Round 11"). gift's inference computations (the prefills and decode loops of
+# `gift sample` and `gift serve`) are compiled without them on a CPU.
+INFERENCE_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
+
+
+@functools.cache
+def inference_options() -> tuple[tuple[str, Any], ...]:
+  """The compile options of gift's CPU inference computations: `INFERENCE_OPTIONS` on a CPU
+  backend whose jaxlib knows them, unless XLA_FLAGS sets one of them already (the user's
+  choice stands); () elsewhere."""
+  if jax.default_backend() != "cpu":
+    return ()
+  flags = os.environ.get("XLA_FLAGS", "")
+  opts = {k: v for k, v in INFERENCE_OPTIONS.items() if k not in flags}
+  if not opts:
+    return ()
+  try:
+    jax.jit(lambda x: x + 1, compiler_options=opts).lower(np.float32(0)).compile()
+  except Exception as e:  # an older jaxlib without the option: its defaults, say why
+    log.info("gift CPU inference: compile options %s not taken (%s)", opts, e)
+    return ()
+  return tuple(opts.items())
+
+
+class inference_jit:
+  """`jax.jit(fun, **kw)` with `inference_options()`, decided at the first use (not at
+  import: the backend is not known then); its other attributes (`lower`, ...) are the jit's."""
+
+  def __init__(self, fun, **kw):
+    self._fun, self._kw, self._jit = fun, kw, None
+    functools.update_wrapper(self, fun)
+
+  def _get(self):
+    if self._jit is None:
+      opts = dict(inference_options())
+      self._jit = jax.jit(self._fun, **self._kw, **({"compiler_options": opts} if opts else {}))
+    return self._jit
+
+  def __call__(self, *args, **kw):
+    return self._get()(*args, **kw)
+
+  def __getattr__(self, name):  # lower, eval_shape, _cache_size, ...: the jit's own
+    return getattr(self._get(), name)

@@ -381,9 +381,10 @@ def _all_rows_live(state: SlotState, w: int, steps: int) -> SlotState:
       cache=state.cache._replace(segment_ids=jnp.ones_like(state.cache.segment_ids)))
 
 
-_decode_jit = jax.jit(_decode_rows, static_argnums=0, donate_argnums=(2,),
-                      static_argnames=("rows", "max_steps", "stop_ids"))
-_prefill_jit = jax.jit(_prefill, static_argnums=0)
+# The model's computations take cpu_kernels.inference_options() (XLA's own dots on a CPU).
+_decode_jit = cpu_kernels.inference_jit(_decode_rows, static_argnums=0, donate_argnums=(2,),
+                                        static_argnames=("rows", "max_steps", "stop_ids"))
+_prefill_jit = cpu_kernels.inference_jit(_prefill, static_argnums=0)
 _insert_jit = jax.jit(_insert, donate_argnums=(0,), static_argnames=("stop_ids",))
 _resize_jit = jax.jit(_resize, static_argnums=1)  # shapes change: nothing to donate
 _all_rows_live_jit = jax.jit(_all_rows_live, static_argnums=(1, 2))
