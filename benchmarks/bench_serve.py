@@ -28,6 +28,7 @@ alternating between the two; the median window's best time is reported.
   python benchmarks/bench_serve.py --no_vllm                              # gift alone
   python benchmarks/bench_serve.py --engine --requests 128 --repeats 2    # the engine, no HTTP
   python benchmarks/bench_serve.py --engine --overlap_prefill both --concurrency 8  # A/B
+  python benchmarks/bench_serve.py --engine --dots both --repeats 6  # XLA's dots vs YNNPACK's
 """
 from __future__ import annotations
 
@@ -425,20 +426,32 @@ def engine_run(ckpt: str, args) -> None:
   output tokens/s, latencies, where the engine thread's time went (`Engine.stats`), how busy
   XLA's intra-op threads kept the cores and the CPU time of every other thread. With
   `--overlap_prefill both`, one engine per schedule (prefills in turn with the decode chunks,
-  or overlapping them on a thread), the runs interleaved."""
+  or overlapping them on a thread), the runs interleaved; with `--dots both`, likewise one per
+  kind of matmul: the prefill and decode compiled with gift's inference options (XLA's own
+  dots, what `gift serve` runs) or with XLA's defaults (YNNPACK's fusions)."""
   import numpy as np
 
   from gift.serve import engine as engine_lib
   t0 = time.perf_counter()
   modes = {"off": (False,), "on": (True,), "both": (False, True)}[args.overlap_prefill]
+  dots = {"xla": ("xla",), "ynnpack": ("ynnpack",), "both": ("xla", "ynnpack")}[args.dots]
+  # The engine calls its module's prefill and decode jits: each variant points them at its own.
+  jits = {"xla": (engine_lib._decode_jit, engine_lib._prefill_jit),
+          "ynnpack": (engine_lib._decode_jit.plain(), engine_lib._prefill_jit.plain())}
+
+  def use(kind):
+    engine_lib._decode_jit, engine_lib._prefill_jit = jits[kind]
+
   engines = {}
-  for overlap in modes:  # the second engine takes the extents the first one's tuner kept
+  for overlap, kind in ((o, d) for o in modes for d in dots):
+    # Each engine after the first takes the extents the first one's tuner kept.
+    use(kind)
     eng = engine_lib.Engine.from_checkpoint(
         ckpt, max_batch=args.max_batch, max_seq_len=args.prompt_len[1] + args.new_tokens[1] + 16,
         decode_steps=args.decode_steps, overlap_prefill=overlap,
         extent_buckets=next(iter(engines.values())).extent_buckets if engines else None)
     eng.warmup()
-    engines[overlap] = eng
+    engines[overlap, kind] = eng
   first = next(iter(engines.values()))
   times = ", ".join(f"{w}: {t * 1e3:.2f}" for w, t in first.extent_times.items())
   kept = list(first.extent_buckets)
@@ -451,7 +464,7 @@ def engine_run(ckpt: str, args) -> None:
   cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
   for eng in engines.values():
     eng.start()
-  reached = []
+  reached, by_label = [], {}
   conc = max(args.concurrency)
   try:
     for run in range(args.repeats + 1):  # the first run warms the host side, not reported
@@ -460,7 +473,8 @@ def engine_run(ckpt: str, args) -> None:
       rng = np.random.default_rng(200 + conc)
       max_tokens = rng.integers(args.new_tokens[0], args.new_tokens[1] + 1, size=n).tolist()
       order = list(engines.items())
-      for overlap, eng in order[run % len(order):] + order[:run % len(order)]:
+      for (overlap, kind), eng in order[run % len(order):] + order[:run % len(order)]:
+        use(kind)
         def request(i, eng=eng, prompts=prompts, max_tokens=max_tokens):
           start = time.perf_counter()
           [[c]] = eng.generate([prompts[i]], engine_lib.SamplingParams(
@@ -481,7 +495,10 @@ def engine_run(ckpt: str, args) -> None:
         ttft, lat = sorted(r[0] for r in results), sorted(r[1] for r in results)
         reached.append(sum(r[2] for r in results) / wall)
         steps = max(1, st["decode_steps"])
-        print(f"| {conc} | {n} | {'overlapped' if overlap else 'in turn'} | "
+        label = ("overlapped" if overlap else "in turn") + (
+            f", {kind} dots" if len(dots) > 1 else "")
+        by_label.setdefault(label, []).append(reached[-1])
+        print(f"| {conc} | {n} | {label} | "
               f"{sum(r[2] for r in results) / wall:,.0f} | "
               f"{_pct(ttft, 0.5) * 1e3:,.0f} ms | {_pct(ttft, 0.99) * 1e3:,.0f} ms | "
               f"{_pct(lat, 0.5):.2f} s | {_pct(lat, 0.99):.2f} s | {st['decode_s']:.2f} ({steps}, "
@@ -492,6 +509,10 @@ def engine_run(ckpt: str, args) -> None:
   finally:
     for eng in engines.values():
       eng.stop()
+    use("xla")
+  if len(by_label) > 1:
+    print("- median output tok/s: " + ", ".join(
+        f"{label} {statistics.median(v):,.0f}" for label, v in sorted(by_label.items())))
   if reached:
     prompts = make_prompts(args.requests, *args.prompt_len, seed=100 + conc)
     rng = np.random.default_rng(200 + conc)
@@ -528,6 +549,10 @@ def main() -> None:
   p.add_argument("--engine", action="store_true",
                  help="gift's engine alone, in-process (no HTTP, no vLLM): closed-loop threads "
                       "at the highest --concurrency, --repeats runs of --requests requests")
+  p.add_argument("--dots", choices=("xla", "ynnpack", "both"), default="xla",
+                 help="with --engine: the prefill and decode compiled with gift's inference "
+                      "options (XLA's own dots, as gift serve), XLA's defaults (YNNPACK's "
+                      "fusions), or both engines interleaved")
   p.add_argument("--overlap_prefill", choices=("off", "on", "both"), default="off",
                  help="with --engine: prefills in turn with the decode chunks (gift serve's "
                       "default), overlapping them, or both engines interleaved")

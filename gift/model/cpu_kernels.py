@@ -193,5 +193,9 @@ class inference_jit:
   def __call__(self, *args, **kw):
     return self._get()(*args, **kw)
 
+  def plain(self):
+    """The same jit without the options (XLA's defaults), for A/B comparisons."""
+    return jax.jit(self._fun, **self._kw)
+
   def __getattr__(self, name):  # lower, eval_shape, _cache_size, ...: the jit's own
     return getattr(self._get(), name)

@@ -25,6 +25,7 @@ def test_inference_jit_compiles_without_ynnpack_fusions_and_gives_the_same_resul
   assert "ynn_fusion" not in f.lower(x, w).compile().as_text()
   np.testing.assert_allclose(f(x, w), jax.jit(_matmul)(x, w), rtol=1e-5, atol=1e-5)
   assert f._cache_size() == 1  # the jit's own attributes pass through
+  assert "ynn_fusion" in f.plain().lower(x, w).compile().as_text()  # XLA's defaults, for A/Bs
   # The samplers' and the serve engine's model computations are such jits.
   for fn in (sample._prefill_jit, sample._decode_jit, engine._prefill_jit, engine._decode_jit):
     assert isinstance(fn, cpu_kernels.inference_jit)
