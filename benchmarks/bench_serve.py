@@ -28,7 +28,8 @@ alternating between the two; the median window's best time is reported.
   python benchmarks/bench_serve.py --no_vllm                              # gift alone
   python benchmarks/bench_serve.py --engine --requests 128 --repeats 2    # the engine, no HTTP
   python benchmarks/bench_serve.py --engine --overlap_prefill both --concurrency 8  # A/B
-  python benchmarks/bench_serve.py --engine --dots both --repeats 6  # XLA's dots vs YNNPACK's
+  python benchmarks/bench_serve.py --engine --dots ynnpack  # XLA's defaults (run in turn with
+                                                            # the default --dots xla)
 """
 from __future__ import annotations
 
@@ -426,15 +427,16 @@ def engine_run(ckpt: str, args) -> None:
   output tokens/s, latencies, where the engine thread's time went (`Engine.stats`), how busy
   XLA's intra-op threads kept the cores and the CPU time of every other thread. With
   `--overlap_prefill both`, one engine per schedule (prefills in turn with the decode chunks,
-  or overlapping them on a thread), the runs interleaved; with `--dots both`, likewise one per
-  kind of matmul: the prefill and decode compiled with gift's inference options (XLA's own
-  dots, what `gift serve` runs) or with XLA's defaults (YNNPACK's fusions)."""
+  or overlapping them on a thread), the runs interleaved. `--dots ynnpack` compiles the prefill
+  and decode with XLA's defaults (YNNPACK's fusions) instead of gift's inference options (XLA's
+  own dots, what `gift serve` runs). Compare the two in separate processes, in turn: within one
+  process they measured alike (BENCHMARKS.md, Round 11), in separate ones XLA's dots won."""
   import numpy as np
 
   from gift.serve import engine as engine_lib
   t0 = time.perf_counter()
   modes = {"off": (False,), "on": (True,), "both": (False, True)}[args.overlap_prefill]
-  dots = {"xla": ("xla",), "ynnpack": ("ynnpack",), "both": ("xla", "ynnpack")}[args.dots]
+  dots = (args.dots,)
   # The engine calls its module's prefill and decode jits: each variant points them at its own.
   jits = {"xla": (engine_lib._decode_jit, engine_lib._prefill_jit),
           "ynnpack": (engine_lib._decode_jit.plain(), engine_lib._prefill_jit.plain())}
@@ -549,10 +551,10 @@ def main() -> None:
   p.add_argument("--engine", action="store_true",
                  help="gift's engine alone, in-process (no HTTP, no vLLM): closed-loop threads "
                       "at the highest --concurrency, --repeats runs of --requests requests")
-  p.add_argument("--dots", choices=("xla", "ynnpack", "both"), default="xla",
+  p.add_argument("--dots", choices=("xla", "ynnpack"), default="xla",
                  help="with --engine: the prefill and decode compiled with gift's inference "
-                      "options (XLA's own dots, as gift serve), XLA's defaults (YNNPACK's "
-                      "fusions), or both engines interleaved")
+                      "options (XLA's own dots, as gift serve) or XLA's defaults (YNNPACK's "
+                      "fusions); compare them in separate processes")
   p.add_argument("--overlap_prefill", choices=("off", "on", "both"), default="off",
                  help="with --engine: prefills in turn with the decode chunks (gift serve's "
                       "default), overlapping them, or both engines interleaved")

@@ -151,8 +151,9 @@ def for_mesh(cfg: Any, mesh: Any) -> Any:
 # across the intra-op threads, and at a decode step's 32 rows that costs more than it gains: the
 # serve benchmark model's four layers' matmuls alone at 32 rows took 5.5 ms with them, 3.9 ms
 # with XLA's own dot emitter, 4.9 ms with YNNPACK on one core; `gift serve`'s engine under 32
-# clients made 1.08-1.34x the tokens/s without them, in 5 interleaved pairs (2-core EPYC,
-# BENCHMARKS.md "Round 11"). gift's inference computations (the prefills and decode loops of
+# clients made 1.04-1.57x the tokens/s without them, in three pairs of processes run in turn
+# (2-core EPYC, BENCHMARKS.md "Round 11"; the two compiled side by side in one process measured
+# alike). gift's inference computations (the prefills and decode loops of
 # `gift sample` and `gift serve`) are compiled without them on a CPU.
 INFERENCE_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
 
@@ -176,6 +177,9 @@ def inference_options() -> tuple[tuple[str, Any], ...]:
   return tuple(opts.items())
 
 
+_JIT_LOCK = threading.Lock()
+
+
 class inference_jit:
   """`jax.jit(fun, **kw)` with `inference_options()`, decided at the first use (not at
   import: the backend is not known then); its other attributes (`lower`, ...) are the jit's."""
@@ -185,9 +189,11 @@ class inference_jit:
     functools.update_wrapper(self, fun)
 
   def _get(self):
-    if self._jit is None:
-      opts = dict(inference_options())
-      self._jit = jax.jit(self._fun, **self._kw, **({"compiler_options": opts} if opts else {}))
+    with _JIT_LOCK:  # threads that compile at once (the engine's warm-up) share one jit
+      if self._jit is None:
+        opts = dict(inference_options())
+        self._jit = jax.jit(self._fun, **self._kw,
+                            **({"compiler_options": opts} if opts else {}))
     return self._jit
 
   def __call__(self, *args, **kw):
