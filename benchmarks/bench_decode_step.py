@@ -102,16 +102,17 @@ def matmul_rows(cfg, params, sizes: list[int], rounds: int = 3, calls: int = 20
                 ) -> dict[int, float]:
   """Seconds per call of the decode step's layer matmuls alone (every layer's norm, fused q/k/v
   projection, output projection and MLP, gift's own layer code, attention left out: the
-  queries stand in for its output), jitted, for M rows of tokens; the best of `rounds`
-  rounds, the sizes interleaved in each (this host's speed drifts within a minute)."""
+  queries stand in for its output), compiled as the decode steps are, for M rows of tokens;
+  the best of `rounds` rounds, the sizes interleaved in each (this host's speed drifts within a
+  minute)."""
   import jax
   import numpy as np
 
-  from gift.model import layers, transformer
+  from gift.model import cpu_kernels, layers, transformer
 
   norm = transformer.norm_fn(cfg)
 
-  @jax.jit
+  @cpu_kernels.inference_jit  # compiled as gift's decode steps are
   def run(x_md):
     x = x_md[None]
     for p in transformer.unstack_layers(params)["layers"]:
