@@ -436,24 +436,19 @@ def engine_run(ckpt: str, args) -> None:
   from gift.serve import engine as engine_lib
   t0 = time.perf_counter()
   modes = {"off": (False,), "on": (True,), "both": (False, True)}[args.overlap_prefill]
-  dots = (args.dots,)
-  # The engine calls its module's prefill and decode jits: each variant points them at its own.
-  jits = {"xla": (engine_lib._decode_jit, engine_lib._prefill_jit),
-          "ynnpack": (engine_lib._decode_jit.plain(), engine_lib._prefill_jit.plain())}
-
-  def use(kind):
-    engine_lib._decode_jit, engine_lib._prefill_jit = jits[kind]
-
+  # The engine calls its module's prefill and decode jits: --dots ynnpack points them at the
+  # same jits without gift's inference options for this process (restored at the end).
+  default_jits = (engine_lib._decode_jit, engine_lib._prefill_jit)
+  if args.dots == "ynnpack":
+    engine_lib._decode_jit, engine_lib._prefill_jit = (j.plain() for j in default_jits)
   engines = {}
-  for overlap, kind in ((o, d) for o in modes for d in dots):
-    # Each engine after the first takes the extents the first one's tuner kept.
-    use(kind)
+  for overlap in modes:  # the second engine takes the extents the first one's tuner kept
     eng = engine_lib.Engine.from_checkpoint(
         ckpt, max_batch=args.max_batch, max_seq_len=args.prompt_len[1] + args.new_tokens[1] + 16,
         decode_steps=args.decode_steps, overlap_prefill=overlap,
         extent_buckets=next(iter(engines.values())).extent_buckets if engines else None)
     eng.warmup()
-    engines[overlap, kind] = eng
+    engines[overlap] = eng
   first = next(iter(engines.values()))
   times = ", ".join(f"{w}: {t * 1e3:.2f}" for w, t in first.extent_times.items())
   kept = list(first.extent_buckets)
@@ -475,8 +470,7 @@ def engine_run(ckpt: str, args) -> None:
       rng = np.random.default_rng(200 + conc)
       max_tokens = rng.integers(args.new_tokens[0], args.new_tokens[1] + 1, size=n).tolist()
       order = list(engines.items())
-      for (overlap, kind), eng in order[run % len(order):] + order[:run % len(order)]:
-        use(kind)
+      for overlap, eng in order[run % len(order):] + order[:run % len(order)]:
         def request(i, eng=eng, prompts=prompts, max_tokens=max_tokens):
           start = time.perf_counter()
           [[c]] = eng.generate([prompts[i]], engine_lib.SamplingParams(
@@ -497,8 +491,7 @@ def engine_run(ckpt: str, args) -> None:
         ttft, lat = sorted(r[0] for r in results), sorted(r[1] for r in results)
         reached.append(sum(r[2] for r in results) / wall)
         steps = max(1, st["decode_steps"])
-        label = ("overlapped" if overlap else "in turn") + (
-            f", {kind} dots" if len(dots) > 1 else "")
+        label = "overlapped" if overlap else "in turn"
         by_label.setdefault(label, []).append(reached[-1])
         print(f"| {conc} | {n} | {label} | "
               f"{sum(r[2] for r in results) / wall:,.0f} | "
@@ -511,7 +504,7 @@ def engine_run(ckpt: str, args) -> None:
   finally:
     for eng in engines.values():
       eng.stop()
-    use("xla")
+    engine_lib._decode_jit, engine_lib._prefill_jit = default_jits
   if len(by_label) > 1:
     print("- median output tok/s: " + ", ".join(
         f"{label} {statistics.median(v):,.0f}" for label, v in sorted(by_label.items())))
