@@ -540,6 +540,8 @@ def main() -> None:
   p.add_argument("--no_vllm", action="store_true")
   p.add_argument("--max_batch", type=int, default=32, help="gift serve --max_batch")
   p.add_argument("--decode_steps", type=int, default=8, help="gift serve --decode_steps")
+  p.add_argument("--replicas", type=int, default=1,
+                 help="gift serve --replicas (engine processes, each on its own cores)")
   p.add_argument("--keep", default="", help="keep the work folder here (logs, model)")
   p.add_argument("--engine", action="store_true",
                  help="gift's engine alone, in-process (no HTTP, no vLLM): closed-loop threads "
@@ -631,7 +633,7 @@ def main() -> None:
           [sys.executable, "-m", "gift.cli", "serve", "--checkpoint", ckpt, "--port", str(port),
            "--served_model_name", MODEL, "--max_batch", str(args.max_batch), "--max_seq_len",
            str(args.prompt_len[1] + args.new_tokens[1] + 16), "--max_queue", "4096",
-           "--decode_steps", str(args.decode_steps)],
+           "--decode_steps", str(args.decode_steps), "--replicas", str(args.replicas)],
           stdout=open(log_path, "w"), stderr=subprocess.STDOUT, env=gift_env(tunables=False))
       servers["gift"] = (port, proc)
       start = {"gift": wait_ready(port, proc, log_path, 600)}

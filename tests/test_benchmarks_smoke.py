@@ -102,6 +102,20 @@ def test_bench_serve_tiny_runs_gift_offline_and_online(repo_root):
   assert re.search(r"- concurrency 3, work: .* reached: gift engine \(best run\) \d+%\n", out)
 
 
+@pytest.mark.slow  # three engine processes compile their shapes (two at once): ~2-3 min
+@pytest.mark.skipif(not hasattr(os, "sched_getaffinity") or len(os.sched_getaffinity(0)) % 2,
+                    reason="needs an even number of cores to pin 2 replicas")
+def test_bench_replicas_tiny_runs_both_setups(repo_root, tmp_path):
+  out = _run(repo_root, "bench_replicas.py", "--rounds", "1", "--requests", "4",
+             "--concurrency", "2", "--max_batch", "2", "--prompt_len", "8", "24",
+             "--new_tokens", "4", "8", "--keep", str(tmp_path), timeout=900)
+  rows = re.findall(r"\| 1 \| (one engine|2 replicas) \| [\d,]+ \| ([\d./ ]+) \|\n", out)
+  assert sorted((name, walls.count("/")) for name, walls in rows) == [
+      ("2 replicas", 1), ("one engine", 0)]
+  assert re.search(r"replicas / one engine: \*\*\d+\.\d\dx\*\*", out)
+  assert re.search(r"matmul peak: \d+ GFLOP/s .* memory bandwidth: \d+ GB/s", out)
+
+
 def test_bench_serve_workload_counts_by_hand():
   sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "benchmarks"))
   import bench_serve

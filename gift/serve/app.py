@@ -549,6 +549,9 @@ def main(argv: list[str]) -> int:
   p.add_argument("--overlap_prefill", action="store_true",
                  help="prefill on a thread of its own, overlapping the decode steps (no gain "
                       "measured on a 2-core CPU; see gift/serve/engine.py)")
+  p.add_argument("--replicas", type=int, default=1,
+                 help="engine processes, each on its own share of the cores with max_batch / "
+                      "replicas slots (CPU data parallelism; see gift/serve/replicas.py)")
   p.add_argument("--api_key", default=os.environ.get("GIFT_SERVE_API_KEY"),
                  help="require 'Authorization: Bearer KEY' (default: $GIFT_SERVE_API_KEY; "
                       "none = open)")
@@ -562,11 +565,21 @@ def main(argv: list[str]) -> int:
   logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
   name = args.served_model_name or os.path.basename(os.path.normpath(args.checkpoint))
   t0 = time.perf_counter()
-  engine = engine_lib.Engine.from_checkpoint(
-      args.checkpoint, mesh=_mesh(args.mesh), step=args.step, max_batch=args.max_batch,
-      max_seq_len=args.max_seq_len, max_queue=args.max_queue, decode_steps=args.decode_steps,
-      join_steps=args.join_steps, max_prefill_tokens=args.max_prefill_tokens,
-      overlap_prefill=args.overlap_prefill)
+  kw = dict(step=args.step, max_batch=args.max_batch, max_seq_len=args.max_seq_len,
+            max_queue=args.max_queue, decode_steps=args.decode_steps,
+            join_steps=args.join_steps, max_prefill_tokens=args.max_prefill_tokens,
+            overlap_prefill=args.overlap_prefill)
+  if args.replicas > 1:
+    if args.mesh not in ("auto", "none"):
+      p.error(f"--mesh={args.mesh} with --replicas={args.replicas}: each replica runs on its "
+              "own cores without a mesh; pass --mesh auto or none")
+    from gift.serve import replicas as replicas_lib
+    try:
+      engine = replicas_lib.Replicas(args.checkpoint, args.replicas, **kw)
+    except ValueError as e:
+      p.error(f"--replicas={args.replicas}: {e}")
+  else:
+    engine = engine_lib.Engine.from_checkpoint(args.checkpoint, mesh=_mesh(args.mesh), **kw)
   engine.warmup()
   engine.start()
   server = Server(engine, name, args.api_key, max_n=args.max_n,

@@ -532,29 +532,7 @@ class Engine:
 
   def check(self, prompt_ids: Sequence[int], params: SamplingParams) -> None:
     """Raises ValueError naming the problem when a request cannot be served as asked."""
-    if not prompt_ids:
-      raise ValueError("the prompt is empty (no tokens)")
-    bad = [i for i in prompt_ids if not 0 <= int(i) < self.cfg.vocab_size]
-    if bad:
-      raise ValueError(f"token id {bad[0]} is out of the vocabulary [0, {self.cfg.vocab_size})")
-    if len(prompt_ids) >= self.max_seq_len:
-      raise ContextTooLong(f"the prompt has {len(prompt_ids)} tokens; this server's context is "
-                           f"{self.max_seq_len} tokens (prompt + max_tokens)")
-    if params.max_tokens < 1:
-      raise ValueError(f"max_tokens={params.max_tokens}; expected >= 1")
-    if len(prompt_ids) + params.max_tokens > self.max_seq_len:
-      raise ContextTooLong(
-          f"prompt ({len(prompt_ids)} tokens) + max_tokens ({params.max_tokens}) = "
-          f"{len(prompt_ids) + params.max_tokens} exceeds this server's context of "
-          f"{self.max_seq_len} tokens")
-    if not 0.0 < params.top_p <= 1.0:
-      raise ValueError(f"top_p={params.top_p}; expected 0 < top_p <= 1")
-    if not 0 <= params.top_k <= CANDIDATES:
-      raise ValueError(f"top_k={params.top_k}; expected 0 (off) to {CANDIDATES}")
-    if params.temperature < 0:
-      raise ValueError(f"temperature={params.temperature}; expected >= 0")
-    if params.logprobs is not None and not 0 <= params.logprobs <= TOP_LOGPROBS:
-      raise ValueError(f"logprobs={params.logprobs}; expected 0 to {TOP_LOGPROBS}")
+    check_request(prompt_ids, params, self.cfg.vocab_size, self.max_seq_len)
 
   def submit(self, prompt_ids: Sequence[int], params: SamplingParams, n: int = 1,
              on_event: Callable[..., None] | None = None) -> list[Choice]:
@@ -1102,6 +1080,34 @@ class Engine:
     if s.on_event is not None:
       s.on_event(s, "", [], reason)
     s.done_event.set()
+
+
+def check_request(prompt_ids: Sequence[int], params: SamplingParams, vocab_size: int,
+                max_seq_len: int) -> None:
+  """Raises ValueError naming the problem when a request cannot be served as asked."""
+  if not prompt_ids:
+    raise ValueError("the prompt is empty (no tokens)")
+  bad = [i for i in prompt_ids if not 0 <= int(i) < vocab_size]
+  if bad:
+    raise ValueError(f"token id {bad[0]} is out of the vocabulary [0, {vocab_size})")
+  if len(prompt_ids) >= max_seq_len:
+    raise ContextTooLong(f"the prompt has {len(prompt_ids)} tokens; this server's context is "
+                         f"{max_seq_len} tokens (prompt + max_tokens)")
+  if params.max_tokens < 1:
+    raise ValueError(f"max_tokens={params.max_tokens}; expected >= 1")
+  if len(prompt_ids) + params.max_tokens > max_seq_len:
+    raise ContextTooLong(
+        f"prompt ({len(prompt_ids)} tokens) + max_tokens ({params.max_tokens}) = "
+        f"{len(prompt_ids) + params.max_tokens} exceeds this server's context of "
+        f"{max_seq_len} tokens")
+  if not 0.0 < params.top_p <= 1.0:
+    raise ValueError(f"top_p={params.top_p}; expected 0 < top_p <= 1")
+  if not 0 <= params.top_k <= CANDIDATES:
+    raise ValueError(f"top_k={params.top_k}; expected 0 (off) to {CANDIDATES}")
+  if params.temperature < 0:
+    raise ValueError(f"temperature={params.temperature}; expected >= 0")
+  if params.logprobs is not None and not 0 <= params.logprobs <= TOP_LOGPROBS:
+    raise ValueError(f"logprobs={params.logprobs}; expected 0 to {TOP_LOGPROBS}")
 
 
 class ContextTooLong(ValueError):

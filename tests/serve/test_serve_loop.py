@@ -111,3 +111,56 @@ def test_build_data_with_the_openai_backend_on_gift_serve(server, tmp_path):
   assert stages["intents"] >= 1 and stages["candidates"] == 2 * stages["intents"]
   assert card["kept"] + sum(card["drop_reasons"].values()) == stages["candidates"]
   assert card["backend"] == "openai"
+
+
+@pytest.mark.slow  # two replica processes compile their shapes in parallel: ~1 min on 2 cores
+@pytest.mark.skipif(not hasattr(os, "sched_getaffinity") or len(os.sched_getaffinity(0)) < 2,
+                    reason="2 replicas need 2 cores")
+def test_gift_serve_replicas_answer_like_one_engine(tmp_path):
+  """`gift serve --replicas 2`: the official client's greedy completions (plain and streamed)
+  equal a one-engine server's, /health counts the replicas; --replicas past the cores fails
+  with the reason."""
+  cfg = presets.get_preset("test_tiny", vocab_size=259, max_seq_len=256)
+  ckpt = str(tmp_path / "tiny")
+  checkpoint.save_model(ckpt, cfg, transformer.init_params(cfg, jax.random.key(1)))
+  cores = len(os.sched_getaffinity(0))
+  bad = subprocess.run([sys.executable, "-m", "gift.cli", "serve", "--checkpoint", ckpt,
+                        "--replicas", str(cores + 1)], capture_output=True, text=True,
+                       env=_env(), cwd=REPO, timeout=300)
+  assert bad.returncode != 0 and f"replicas={cores + 1}; expected 1 to {cores}" in bad.stderr
+  texts = {}
+  for replicas in (1, 2):
+    port = _free_port()
+    with open(tmp_path / f"serve{replicas}.log", "w") as log:
+      proc = subprocess.Popen(
+          [sys.executable, "-m", "gift.cli", "serve", "--checkpoint", ckpt, "--port", str(port),
+           "--max_batch", "4", "--max_seq_len", "128", "--replicas", str(replicas)],
+          stdout=log, stderr=subprocess.STDOUT, env=_env(), cwd=REPO)
+      try:
+        url, deadline = f"http://127.0.0.1:{port}", time.time() + 600
+        while True:
+          assert proc.poll() is None, open(log.name).read()
+          assert time.time() < deadline, open(log.name).read()
+          try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
+              health = json.load(r)
+              if health["status"] == "ok":
+                break
+          except OSError:
+            time.sleep(0.5)
+        assert health.get("replicas", 1) == replicas and health["slots"] == 4
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key="x", max_retries=0)
+        got = []
+        for prompt in ("import pandas", "df.groupby(", "x = 1", "print("):
+          r = client.completions.create(model="tiny", prompt=prompt, max_tokens=12,
+                                        temperature=0)
+          stream = client.completions.create(model="tiny", prompt=prompt, max_tokens=12,
+                                             temperature=0, stream=True)
+          streamed = "".join(c.choices[0].text for c in stream if c.choices)
+          assert streamed == r.choices[0].text and r.usage.completion_tokens == 12
+          got.append(r.choices[0].text)
+        texts[replicas] = got
+      finally:
+        proc.terminate()
+        proc.wait(60)
+  assert texts[2] == texts[1]
