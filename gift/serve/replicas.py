@@ -68,22 +68,32 @@ def _worker(conn, cores: list[int], checkpoint: str, step: int | None, kw: dict)
   except BaseException as e:  # noqa: BLE001 -- reported to the parent, which fails loudly
     conn.send(("failed", f"{type(e).__name__}: {e}"))
     return
+  # map_lock guards the key maps and is never held while calling into the engine: the engine
+  # calls on_event with its own lock held (cancellations), so submit_many runs outside it and
+  # events that come before their keys are mapped wait in `early`, flushed in order.
   send_lock, map_lock = threading.Lock(), threading.Lock()
   keys: dict[int, int] = {}  # id(engine.Choice) -> the parent's key
   live: dict[int, engine_lib.Choice] = {}
+  early: dict[int, list[tuple]] = {}
 
   def send(msg):
     with send_lock:
       conn.send(msg)
 
-  def on_event(seq, delta, infos, finish):
-    with map_lock:  # submit_many's caller maps the keys before any event goes out
-      key = keys[id(seq)]
-      if finish is not None:
-        keys.pop(id(seq), None)
-        live.pop(key, None)
+  def forward(key, seq, delta, infos, finish):
+    if finish is not None:
+      keys.pop(id(seq), None)
+      live.pop(key, None)
     final = (list(seq.ids), seq.text, list(seq.infos)) if finish is not None else None
     send(("event", key, delta, infos, finish, seq.first_token_at is not None, final))
+
+  def on_event(seq, delta, infos, finish):
+    with map_lock:
+      key = keys.get(id(seq))
+      if key is None:
+        early.setdefault(id(seq), []).append((delta, list(infos), finish))
+      else:
+        forward(key, seq, delta, infos, finish)
 
   send(("ready", dict(max_seq_len=engine.max_seq_len, max_batch=engine.max_batch,
                       extent_buckets=list(engine.extent_buckets))))
@@ -99,12 +109,15 @@ def _worker(conn, cores: list[int], checkpoint: str, step: int | None, kw: dict)
       if msg[0] == "submit":
         _, batch, items = msg
         try:
-          with map_lock:
-            seqs = engine.submit_many(items, on_event)
-            for key, s in zip(batch, seqs):
-              keys[id(s)], live[key] = key, s
+          seqs = engine.submit_many(items, on_event)
         except Exception as e:  # noqa: BLE001 -- the parent ends these keys with the error
           send(("rejected", batch, f"{type(e).__name__}: {e}"))
+          continue
+        with map_lock:
+          for key, seq in zip(batch, seqs):
+            keys[id(seq)], live[key] = key, seq
+            for event in early.pop(id(seq), ()):
+              forward(key, seq, *event)
       elif msg[0] == "cancel":
         with map_lock:
           seqs = [live[k] for k in msg[1] if k in live]
