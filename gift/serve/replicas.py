@@ -303,16 +303,8 @@ class Replicas:
       elif msg[0] == "dead":
         self._fail(i, f"replica {i}'s engine failed: {msg[1]}")
 
-  def generate(self, prompts: Sequence[Sequence[int]], params: engine_lib.SamplingParams,
-               n: int = 1, timeout_s: float | None = None) -> list[list[ReplicaChoice]]:
-    """Blocking: per prompt, its n finished choices (as Engine.generate)."""
-    seqs = self.submit_many([(list(p), params, n) for p in prompts])
-    deadline = None if timeout_s is None else time.monotonic() + timeout_s
-    for s in seqs:
-      left = None if deadline is None else max(0.0, deadline - time.monotonic())
-      if not s.done_event.wait(left):
-        raise TimeoutError(f"generation did not finish within {timeout_s}s")
-    return [seqs[i * n:(i + 1) * n] for i in range(len(prompts))]
+  # Blocking: per prompt, its n finished choices (only submit_many is the engine's own).
+  generate = engine_lib.Engine.generate
 
   def stop(self, timeout_s: float = 30.0) -> None:
     self._stopping = True

@@ -87,6 +87,9 @@ def test_cancel_queue_limit_and_bad_requests(pool):
   while pool.load()["busy"] and time.time() < deadline:
     time.sleep(0.05)
   assert pool.load()["busy"] == 0
+  [[c]] = pool.generate([_prompts([6])[0]], SamplingParams(max_tokens=4, temperature=0.0,
+                                                          ignore_eos=True), timeout_s=120)
+  assert len(c.ids) == 4 and c.finish == "length"
 
 
 def test_a_replica_that_dies_fails_its_requests_and_the_server(ckpt):
