@@ -259,11 +259,15 @@ def gift_env(tunables: bool = True) -> dict:
   return env
 
 
-def vllm_env(venv: str, work: str) -> dict:
-  """The settings that make vLLM CPU fastest here, its files kept under `work`."""
+def vllm_env(venv: str, work: str, dp: int = 1) -> dict:
+  """The settings that make vLLM CPU fastest here, its files kept under `work`; with `dp`
+  data-parallel engines, each one's OpenMP threads bound to its own share of the cores."""
   for sub in ("rpc", "tmp", "cache", "inductor"):
     os.makedirs(os.path.join(work, sub), exist_ok=True)
-  env = dict(os.environ, VLLM_CPU_OMP_THREADS_BIND=f"0-{os.cpu_count() - 1}",
+  cores, per = os.cpu_count(), max(1, os.cpu_count() // dp)
+  bind = "|".join(f"{i * per}" if per == 1 else f"{i * per}-{(i + 1) * per - 1}"
+                 for i in range(dp))
+  env = dict(os.environ, VLLM_CPU_OMP_THREADS_BIND=bind if dp > 1 else f"0-{cores - 1}",
              VLLM_CPU_KVCACHE_SPACE="2", VLLM_RPC_BASE_PATH=os.path.join(work, "rpc"),
              TMPDIR=os.path.join(work, "tmp"), VLLM_CACHE_ROOT=os.path.join(work, "cache"),
              TORCHINDUCTOR_CACHE_DIR=os.path.join(work, "inductor"),
@@ -542,6 +546,8 @@ def main() -> None:
   p.add_argument("--decode_steps", type=int, default=8, help="gift serve --decode_steps")
   p.add_argument("--replicas", type=int, default=1,
                  help="gift serve --replicas (engine processes, each on its own cores)")
+  p.add_argument("--vllm_dp", type=int, default=1,
+                 help="vllm serve --data-parallel-size (its engines bound to their own cores)")
   p.add_argument("--keep", default="", help="keep the work folder here (logs, model)")
   p.add_argument("--engine", action="store_true",
                  help="gift's engine alone, in-process (no HTTP, no vLLM): closed-loop threads "
@@ -646,8 +652,9 @@ def main() -> None:
             [os.path.join(venv, "bin", "python"), "-m", "vllm.entrypoints.openai.api_server",
              "--model", hf_dir, "--dtype", "float32",
              "--host", "127.0.0.1", "--port", str(port), "--served-model-name", MODEL,
-             "--max-model-len", "1024"],
-            stdout=open(log_path, "w"), stderr=subprocess.STDOUT, env=vllm_env(venv, work))
+             "--max-model-len", "1024", "--data-parallel-size", str(args.vllm_dp)],
+            stdout=open(log_path, "w"), stderr=subprocess.STDOUT,
+            env=vllm_env(venv, work, args.vllm_dp))
         servers["vllm"] = (port, proc)
         start["vllm"] = wait_ready(port, proc, log_path, 900)
       print(f"\n### Online: `gift serve` vs `vllm serve` on 127.0.0.1 (streamed completions of "
