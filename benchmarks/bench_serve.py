@@ -30,6 +30,8 @@ alternating between the two; the median window's best time is reported.
   python benchmarks/bench_serve.py --engine --overlap_prefill both --concurrency 8  # A/B
   python benchmarks/bench_serve.py --engine --dots ynnpack  # XLA's defaults (run in turn with
                                                             # the default --dots xla)
+  VLLM_VENV=$HOME/venvs/vllm python benchmarks/bench_serve.py --skip_offline --concurrency 32 \
+      --replicas 2 --vllm_dp 2       # data parallel on both sides: one engine process per core
 """
 from __future__ import annotations
 
