@@ -44,6 +44,7 @@ def test_split_cores():
     replicas_lib.split_cores([0, 1], 3)
 
 
+@pytest.mark.slow  # spawned replica processes compile their shapes: ~25 s each
 def test_greedy_equals_sampler_across_replicas_and_events_add_up(pool, ckpt):
   prompts = _prompts([2, 7, 19, 33, 50, 5, 12, 3, 9, 41], seed=1)
   ref = _reference(ckpt[1], prompts, 16)
@@ -67,6 +68,7 @@ def test_greedy_equals_sampler_across_replicas_and_events_add_up(pool, ckpt):
   assert pool.load() == dict(busy=0, waiting=0, slots=4, replicas=2)
 
 
+@pytest.mark.slow  # spawned replica processes compile their shapes: ~25 s each
 def test_cancel_queue_limit_and_bad_requests(pool):
   long = SamplingParams(max_tokens=100, temperature=1.0, seed=3, ignore_eos=True)
   seqs = pool.submit_many([(_prompts([5])[0], long, 4)])
@@ -92,6 +94,7 @@ def test_cancel_queue_limit_and_bad_requests(pool):
   assert len(c.ids) == 4 and c.finish == "length"
 
 
+@pytest.mark.slow  # spawned replica processes compile their shapes: ~25 s each
 def test_a_replica_that_dies_fails_its_requests_and_the_server(ckpt):
   cores = sorted(os.sched_getaffinity(0))
   r = replicas_lib.Replicas(ckpt[0], 2, cores=cores[:2] if len(cores) > 1 else cores * 2,
