@@ -60,8 +60,8 @@ def split_cores(cores: Sequence[int], replicas: int) -> list[list[int]]:
 
 def _worker(conn, cores: list[int], checkpoint: str, step: int | None, kw: dict) -> None:
   """A replica: pins itself, builds and warms its engine, then serves the parent's messages."""
-  os.sched_setaffinity(0, cores)  # before JAX creates its thread pool
   try:
+    os.sched_setaffinity(0, cores)  # before JAX creates its thread pool
     engine = engine_lib.Engine.from_checkpoint(checkpoint, step=step, **kw)
     engine.warmup()
     engine.start()
@@ -169,7 +169,12 @@ class Replicas:
       for i, conn in enumerate(self._conns):
         if not conn.poll(start_timeout_s):
           raise RuntimeError(f"replica {i} was not ready after {start_timeout_s:.0f}s")
-        msg = conn.recv()
+        try:
+          msg = conn.recv()
+        except EOFError:
+          self._procs[i].join(5)
+          raise RuntimeError(f"replica {i} exited during start-up (code "
+                             f"{self._procs[i].exitcode}); its output is above") from None
         if msg[0] != "ready":
           raise RuntimeError(f"replica {i} failed to start: {msg[1]}")
         infos.append(msg[1])

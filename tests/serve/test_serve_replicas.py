@@ -110,3 +110,9 @@ def test_a_replica_that_dies_fails_its_requests_and_the_server(ckpt):
       r.submit_many([(_prompts([5])[0], SamplingParams(max_tokens=4), 1)])
   finally:
     r.stop()
+
+
+def test_a_replica_that_cannot_start_says_why(ckpt):
+  with pytest.raises(RuntimeError, match=r"replica 0 failed to start: TypeError: .*bogus"):
+    core = min(os.sched_getaffinity(0))
+    replicas_lib.Replicas(ckpt[0], 2, cores=[core, core], bogus=1)
