@@ -45,7 +45,7 @@ class ReplicaChoice:
     self.text, self.finish = "", None
     self.arrived, self.first_token_at = time.perf_counter(), None
     self.done_event = threading.Event()
-    self.replica = -1  # which replica runs it
+    self.replica, self.key = -1, -1  # which replica runs it, under which key
 
 
 def split_cores(cores: Sequence[int], replicas: int) -> list[list[int]]:
@@ -212,7 +212,7 @@ class Replicas:
     with self._lock:
       if self.error is not None:
         raise engine_lib.EngineDead(f"the engine failed: {self.error!r}")
-      waiting = sum(max(0, o - s) for o, s in zip(self._open, self.slots))
+      waiting = self._busy_waiting()[1]
       if waiting + count > self.max_queue:
         raise engine_lib.QueueFull(f"{waiting} sequences are waiting for a slot and this request "
                                    f"adds {count}; the queue holds at most {self.max_queue}")
@@ -221,7 +221,7 @@ class Replicas:
       for _, params, n in items:
         for _ in range(n):
           key, s = next(self._keys), ReplicaChoice(params, on_event)
-          s.replica = i
+          s.replica, s.key = i, key
           self._seqs[key] = (i, s)
           seqs.append(s)
           keys.append(key)
@@ -234,23 +234,28 @@ class Replicas:
 
   def cancel(self, seqs: Sequence[ReplicaChoice]) -> None:
     by_replica: dict[int, list[int]] = {}
-    with self._lock:
-      for key, (i, s) in self._seqs.items():
-        if any(s is x for x in seqs):
-          by_replica.setdefault(i, []).append(key)
+    for s in seqs:
+      if s.finish is None:
+        by_replica.setdefault(s.replica, []).append(s.key)
     for i, keys in by_replica.items():
       try:
         self._send(i, ("cancel", keys))
       except OSError:
         pass  # the reader ends them when the replica is gone
 
+  def _busy_waiting(self) -> tuple[int, int]:
+    """(Lock held.) Sequences holding a slot and sequences waiting for one, over the replicas."""
+    return (sum(min(o, s) for o, s in zip(self._open, self.slots)),
+            sum(max(0, o - s) for o, s in zip(self._open, self.slots)))
+
   def load(self) -> dict[str, int]:
     with self._lock:
-      return dict(busy=sum(min(o, s) for o, s in zip(self._open, self.slots)),
-                  waiting=sum(max(0, o - s) for o, s in zip(self._open, self.slots)),
-                  slots=self.max_batch, replicas=len(self._procs))
+      busy, waiting = self._busy_waiting()
+    return dict(busy=busy, waiting=waiting, slots=self.max_batch, replicas=len(self._procs))
 
-  def _end(self, key: int, finish: str, final=None) -> None:
+  def _end(self, key: int, finish: str, final=None, delta: str = "", infos=()) -> None:
+    """Sequence `key` finished (its last event's delta and infos, the replica's final ids, text
+    and infos when it sent them)."""
     with self._lock:
       i, s = self._seqs.pop(key, (None, None))
       if s is None:
@@ -260,7 +265,7 @@ class Replicas:
       s.ids, s.text, s.infos = final
     s.finish = finish
     if s.on_event is not None:
-      s.on_event(s, "", [], finish)
+      s.on_event(s, delta, list(infos), finish)
     s.done_event.set()
 
   def _fail(self, i: int, why: str) -> None:
@@ -290,18 +295,12 @@ class Replicas:
         if started and s.first_token_at is None:
           s.first_token_at = time.perf_counter()
         if finish is not None:
-          with self._lock:
-            self._seqs.pop(key, None)
-            self._open[i] -= 1
-          s.ids, s.text, s.infos = final
-          s.finish = finish
-        else:
-          s.text += delta
-          s.infos.extend(infos)
-        if s.on_event is not None and (delta or infos or finish):
-          s.on_event(s, delta, infos, finish)
-        if finish is not None:
-          s.done_event.set()
+          self._end(key, finish, final, delta, infos)
+          continue
+        s.text += delta
+        s.infos.extend(infos)
+        if s.on_event is not None and (delta or infos):
+          s.on_event(s, delta, infos, None)
       elif msg[0] == "rejected":
         for key in msg[1]:
           self._end(key, f"error: {msg[2]}")
